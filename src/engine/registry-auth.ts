@@ -1,0 +1,31 @@
+import { credentialsFromDockerConfig } from '../upstream/credentials.js';
+
+/**
+ * The `X-Registry-Auth` header for a pull from `host`, from the user's docker `config.json`
+ * (helpers included), or undefined when it holds nothing for that host. The engine never reads
+ * that file itself: the docker CLI sends what it finds there, so wharf does the same.
+ *
+ * The value is base64url of a JSON object; it holds a password, so it goes to the engine and
+ * nowhere else.
+ */
+export async function registryAuthFor(
+  host: string,
+  configPath?: string,
+): Promise<string | undefined> {
+  const found = await credentialsFromDockerConfig(host, configPath);
+  if (!found) return undefined;
+  return encodeRegistryAuth({
+    username: found.username,
+    password: found.password,
+    // Docker Hub is known to the engine by its historical index address.
+    serveraddress: host === 'docker.io' ? 'https://index.docker.io/v1/' : host,
+  });
+}
+
+export function encodeRegistryAuth(auth: {
+  username: string;
+  password: string;
+  serveraddress: string;
+}): string {
+  return Buffer.from(JSON.stringify(auth), 'utf8').toString('base64url');
+}

@@ -1,0 +1,217 @@
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { WharfError } from '../errors.js';
+import { parseDuration } from '../util/units.js';
+
+/** Every default of the mirror, with its unit, in one place. */
+export const DEFAULTS = {
+  listen: '127.0.0.1:5000',
+  data: './wharf-data',
+  tagTtl: '60s',
+  upstreamTimeout: '15s',
+  /** Longest silence in a blob body from an upstream before the fetch is abandoned. */
+  upstreamBodyTimeout: '60s',
+  logLevel: 'info',
+} as const;
+
+/** With no upstream configured, the public registries, docker.io first and default. */
+export const PUBLIC_UPSTREAMS: UpstreamConfig[] = [
+  { name: 'docker.io', url: 'https://registry-1.docker.io', default: true },
+  { name: 'ghcr.io', url: 'https://ghcr.io', default: false },
+  { name: 'quay.io', url: 'https://quay.io', default: false },
+  { name: 'mcr.microsoft.com', url: 'https://mcr.microsoft.com', default: false },
+  { name: 'registry.k8s.io', url: 'https://registry.k8s.io', default: false },
+];
+
+export interface UpstreamConfig {
+  name: string;
+  url: string;
+  default: boolean;
+  credentials?: { username: string; password: string };
+}
+
+export interface MirrorConfig {
+  listen: { host: string; port: number };
+  data: string;
+  tagTtlMs: number;
+  upstreamTimeoutMs: number;
+  upstreamBodyTimeoutMs: number;
+  logLevel: string;
+  upstreams: UpstreamConfig[];
+}
+
+const duration = z.union([z.string(), z.number()]);
+
+const upstreamSchema = z.strictObject({
+  url: z.string(),
+  name: z.string().optional(),
+  default: z.boolean().optional(),
+  username: z.string().optional(),
+  password: z.string().optional(),
+  /** Name of an environment variable holding the password, to keep it out of the file. */
+  passwordEnv: z.string().optional(),
+});
+
+const fileSchema = z.strictObject({
+  listen: z.string().optional(),
+  data: z.string().optional(),
+  tagTtl: duration.optional(),
+  upstreamTimeout: duration.optional(),
+  upstreamBodyTimeout: duration.optional(),
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
+  upstreams: z.array(upstreamSchema).optional(),
+});
+
+export type MirrorFile = z.infer<typeof fileSchema>;
+
+/** Flags of `wharf serve`; each overrides the file's value of the same name. */
+export interface ServeFlags {
+  config?: string;
+  listen?: string;
+  data?: string;
+  upstream?: string[];
+  logLevel?: string;
+}
+
+function invalid(option: string, why: string, hint?: string): WharfError {
+  return new WharfError('WHARF_CONFIG_INVALID', `${option}: ${why}`, { hint });
+}
+
+/** An upstream's default NAME: its host, with `:` made `_` when the URL has a port. */
+export function defaultName(url: URL): string {
+  return url.port ? `${url.hostname}_${url.port}` : url.hostname;
+}
+
+export function parseListen(value: string, option = 'listen'): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:]+)):([0-9]{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw invalid(option, `expected HOST:PORT, got ${JSON.stringify(value)}`, 'e.g. 0.0.0.0:5000');
+  }
+  return { host: m[1] ?? m[2]!, port };
+}
+
+function parseUpstream(
+  entry: z.infer<typeof upstreamSchema>,
+  option: string,
+  env: NodeJS.ProcessEnv,
+): UpstreamConfig {
+  let url: URL;
+  try {
+    url = new URL(entry.url);
+  } catch {
+    throw invalid(`${option}.url`, `not a URL: ${JSON.stringify(entry.url)}`, 'e.g. https://registry.example.io');
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw invalid(`${option}.url`, `must be http or https, got ${url.protocol}`);
+  }
+  if (url.username || url.password) {
+    // Credentials in a URL end up in logs and errors; they have their own fields.
+    throw invalid(`${option}.url`, 'must not contain credentials', 'use username and password (or passwordEnv)');
+  }
+  if (url.pathname !== '/' || url.search || url.hash) {
+    throw invalid(`${option}.url`, 'must be the registry root, without a path', 'e.g. https://registry.example.io');
+  }
+  const name = entry.name ?? defaultName(url);
+  if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(name)) {
+    throw invalid(`${option}.name`, `invalid upstream name ${JSON.stringify(name)}`,
+      'use lowercase letters, digits, dots, dashes and underscores');
+  }
+  const password = entry.passwordEnv ? env[entry.passwordEnv] : entry.password;
+  if (entry.passwordEnv && password === undefined) {
+    throw invalid(`${option}.passwordEnv`, `environment variable ${entry.passwordEnv} is not set`);
+  }
+  if ((entry.username === undefined) !== (password === undefined)) {
+    throw invalid(option, 'username and password go together');
+  }
+  const out: UpstreamConfig = { name, url: url.origin, default: entry.default ?? false };
+  if (entry.username !== undefined && password !== undefined) {
+    out.credentials = { username: entry.username, password };
+  }
+  return out;
+}
+
+/** `--upstream [NAME=]URL` */
+function parseUpstreamFlag(value: string, env: NodeJS.ProcessEnv): UpstreamConfig {
+  const m = /^([a-z0-9._-]+)=(.+)$/.exec(value);
+  const entry = m ? { name: m[1], url: m[2]! } : { url: value };
+  return parseUpstream(entry, `--upstream ${value}`, env);
+}
+
+function finishUpstreams(upstreams: UpstreamConfig[], option: string): UpstreamConfig[] {
+  const names = new Set<string>();
+  for (const u of upstreams) {
+    if (names.has(u.name)) throw invalid(option, `upstream name ${u.name} is used twice`);
+    names.add(u.name);
+  }
+  const defaults = upstreams.filter((u) => u.default);
+  if (defaults.length > 1) {
+    throw invalid(option, `only one upstream can be the default (${defaults.map((u) => u.name).join(', ')})`);
+  }
+  return upstreams;
+}
+
+export async function readConfigFile(path: string): Promise<MirrorFile> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new WharfError('WHARF_CONFIG_INVALID', `cannot read config file ${path}`, {
+      cause: err,
+      hint: 'check the path given to --config',
+    });
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new WharfError('WHARF_CONFIG_INVALID', `${path} is not valid YAML: ${(err as Error).message}`);
+  }
+  return validateFile(doc, path);
+}
+
+export function validateFile(doc: unknown, source: string): MirrorFile {
+  const result = fileSchema.safeParse(doc);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const where = issue.path.length ? issue.path.join('.') : '(top level)';
+  const keys = issue.code === 'unrecognized_keys' ? issue.keys : [];
+  if (keys.length) {
+    const path = [...issue.path, keys[0]].join('.');
+    throw invalid(`${source}: ${path}`, 'unknown key', 'remove it or check its spelling');
+  }
+  throw invalid(`${source}: ${where}`, issue.message);
+}
+
+/** Builds the mirror's configuration: defaults, then the file, then the flags. */
+export async function loadMirrorConfig(
+  flags: ServeFlags,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<MirrorConfig> {
+  const file = flags.config ? await readConfigFile(flags.config) : {};
+  const src = flags.config ?? 'config';
+
+  let upstreams: UpstreamConfig[];
+  if (flags.upstream?.length) {
+    upstreams = flags.upstream.map((u) => parseUpstreamFlag(u, env));
+  } else if (file.upstreams?.length) {
+    upstreams = file.upstreams.map((u, i) => parseUpstream(u, `${src}: upstreams.${i}`, env));
+  } else {
+    upstreams = PUBLIC_UPSTREAMS.map((u) => ({ ...u }));
+  }
+
+  return {
+    listen: parseListen(flags.listen ?? file.listen ?? DEFAULTS.listen, flags.listen ? '--listen' : 'listen'),
+    data: resolve(flags.data ?? file.data ?? DEFAULTS.data),
+    tagTtlMs: parseDuration(file.tagTtl ?? DEFAULTS.tagTtl, 'tagTtl'),
+    upstreamTimeoutMs: parseDuration(file.upstreamTimeout ?? DEFAULTS.upstreamTimeout, 'upstreamTimeout'),
+    upstreamBodyTimeoutMs: parseDuration(
+      file.upstreamBodyTimeout ?? DEFAULTS.upstreamBodyTimeout,
+      'upstreamBodyTimeout',
+    ),
+    logLevel: flags.logLevel ?? file.logLevel ?? DEFAULTS.logLevel,
+    upstreams: finishUpstreams(upstreams, flags.upstream?.length ? '--upstream' : `${src}: upstreams`),
+  };
+}

@@ -1,0 +1,336 @@
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { WharfError, isWharfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { children } from '../oci/manifest.js';
+import type { ManifestRef } from '../oci/reference.js';
+import { BlobStore } from '../store/blob-store.js';
+import { IndexDb } from '../store/index-db.js';
+import { RegistryClient, isUnavailable, type FetchedManifest } from '../upstream/client.js';
+import { BlobFetch } from './blob-fetch.js';
+import type { MirrorConfig, UpstreamConfig } from './config.js';
+import type { MirrorMetrics, Outcome } from './metrics.js';
+import { UpstreamHealth } from './upstream-health.js';
+
+export interface ManifestResult {
+  digest: string;
+  mediaType: string;
+  body: Buffer;
+  outcome: Outcome;
+}
+
+export type BlobSource =
+  | { kind: 'store'; digest: string; size: number; path: string; outcome: Outcome }
+  | { kind: 'fetch'; digest: string; size: number | undefined; fetch: BlobFetch; outcome: Outcome };
+
+interface InFlight {
+  upstream: string;
+  repo: string;
+  started: Promise<BlobFetch>;
+}
+
+/**
+ * The mirror's logic, independent of HTTP: manifests by tag and digest with tag revalidation
+ * and stale serving, and blobs from the store or from one shared upstream fetch.
+ */
+export class Mirror {
+  readonly store: BlobStore;
+  readonly index: IndexDb;
+  private readonly clients = new Map<string, RegistryClient>();
+  private readonly fetches = new Map<string, InFlight>();
+  private readonly manifestFlights = new Map<string, Promise<ManifestResult>>();
+  private readonly health: UpstreamHealth;
+  private storeBytes = 0;
+
+  constructor(
+    readonly config: MirrorConfig,
+    private readonly logger: Logger,
+    private readonly metrics: MirrorMetrics,
+  ) {
+    this.store = new BlobStore(config.data);
+    this.index = new IndexDb(join(config.data, 'index.db'));
+    this.health = new UpstreamHealth(logger, metrics);
+    for (const u of config.upstreams) {
+      this.clients.set(
+        u.name,
+        new RegistryClient(u, {
+          logger: logger.child({ upstream: u.name }),
+          timeoutMs: config.upstreamTimeoutMs,
+          bodyTimeoutMs: config.upstreamBodyTimeoutMs,
+        }),
+      );
+    }
+  }
+
+  static async open(config: MirrorConfig, logger: Logger, metrics: MirrorMetrics): Promise<Mirror> {
+    await mkdir(config.data, { recursive: true });
+    const mirror = new Mirror(config, logger, metrics);
+    await mirror.store.init();
+    const swept = await mirror.store.sweepTemp();
+    if (swept) logger.info({ files: swept }, 'removed unfinished downloads');
+    mirror.storeBytes = mirror.index.totalSize();
+    metrics.storeBytes.set(mirror.storeBytes);
+    return mirror;
+  }
+
+  close(): void {
+    this.index.close();
+  }
+
+  get inFlight(): number {
+    return this.fetches.size;
+  }
+
+  private client(upstream: UpstreamConfig): RegistryClient {
+    return this.clients.get(upstream.name)!;
+  }
+
+  // ---- manifests -------------------------------------------------------------------------
+
+  async manifest(upstream: UpstreamConfig, repo: string, ref: ManifestRef): Promise<ManifestResult> {
+    const key = `${upstream.name}/${repo}:${ref.kind === 'tag' ? ref.tag : ref.digest}`;
+    let flight = this.manifestFlights.get(key);
+    if (flight) {
+      const result = await flight;
+      return { ...result, outcome: result.outcome === 'miss' ? 'coalesced' : result.outcome };
+    }
+    flight =
+      ref.kind === 'digest'
+        ? this.manifestByDigest(upstream, repo, ref.digest)
+        : this.manifestByTag(upstream, repo, ref.tag);
+    this.manifestFlights.set(key, flight);
+    try {
+      return await flight;
+    } finally {
+      this.manifestFlights.delete(key);
+    }
+  }
+
+  private async manifestByDigest(upstream: UpstreamConfig, repo: string, digest: string) {
+    const cached = await this.cachedManifest(digest);
+    if (cached && this.index.isVerifiedFor(digest, upstream.name, repo)) {
+      this.index.touch(digest);
+      return { ...cached, outcome: 'hit' as const };
+    }
+    const fetched = await this.upstreamCall(upstream, () => this.client(upstream).getManifest(repo, digest));
+    if (!fetched) throw manifestUnknown(repo, digest);
+    await this.keepManifest(upstream, repo, fetched);
+    return { digest, mediaType: fetched.mediaType, body: fetched.body, outcome: 'miss' as const };
+  }
+
+  private async manifestByTag(upstream: UpstreamConfig, repo: string, tag: string) {
+    const row = this.index.getTag(upstream.name, repo, tag);
+    const cached = row ? await this.cachedManifest(row.digest) : undefined;
+    if (row && cached && Date.now() - row.confirmed_at < this.config.tagTtlMs) {
+      this.index.touch(row.digest);
+      return { ...cached, outcome: 'hit' as const };
+    }
+
+    try {
+      const client = this.client(upstream);
+      // One HEAD is the cheap check: same digest means the cached manifest is still current.
+      const head = cached
+        ? await this.upstreamCall(upstream, () => client.headManifest(repo, tag)).catch((err) => {
+            if (isWharfError(err, 'WHARF_UPSTREAM_PROTOCOL')) return undefined;
+            throw err;
+          })
+        : undefined;
+      if (head === null) {
+        this.index.deleteTag(upstream.name, repo, tag);
+        throw manifestUnknown(repo, tag);
+      }
+      if (head && cached && head.digest === cached.digest) {
+        this.index.putTag(upstream.name, repo, tag, cached.digest);
+        this.index.touch(cached.digest);
+        return { ...cached, outcome: 'revalidated' as const };
+      }
+      const fetched = await this.upstreamCall(upstream, () => client.getManifest(repo, tag));
+      if (!fetched) {
+        this.index.deleteTag(upstream.name, repo, tag);
+        throw manifestUnknown(repo, tag);
+      }
+      await this.keepManifest(upstream, repo, fetched);
+      this.index.putTag(upstream.name, repo, tag, fetched.digest);
+      if (row && row.digest !== fetched.digest) {
+        this.logger.info({ upstream: upstream.name, repo, tag, digest: fetched.digest }, 'tag moved');
+      }
+      return { digest: fetched.digest, mediaType: fetched.mediaType, body: fetched.body, outcome: 'miss' as const };
+    } catch (err) {
+      // An upstream that cannot be asked (down, timing out, 5xx, 429) does not stop the
+      // runners: the last digest it confirmed is served, and said so.
+      if (cached && isUnavailable(err)) {
+        this.metrics.staleServed.inc({ upstream: upstream.name });
+        this.logger.warn(
+          { upstream: upstream.name, repo, tag, digest: cached.digest, err: (err as Error).message },
+          'serving stale tag',
+        );
+        return { ...cached, outcome: 'stale' as const };
+      }
+      throw err;
+    }
+  }
+
+  private async cachedManifest(digest: string) {
+    const row = this.index.getBlob(digest);
+    if (!row?.media_type) return undefined;
+    try {
+      const body = await readFile(this.store.path(digest));
+      return { digest, mediaType: row.media_type, body };
+    } catch {
+      // The index outlived the file (deleted by hand, or a crash): forget it.
+      this.forget(digest, row.size);
+      return undefined;
+    }
+  }
+
+  private async keepManifest(upstream: UpstreamConfig, repo: string, m: FetchedManifest) {
+    if (!this.index.getBlob(m.digest)) {
+      const writer = await this.store.writer(m.digest);
+      try {
+        await writer.write(m.body);
+      } catch (err) {
+        await writer.abort();
+        throw err;
+      }
+      await writer.commit(m.body.length);
+      this.grow(m.body.length);
+    }
+    const refs = children(m.parsed).map((d) => d.digest);
+    this.index.putManifest(m.digest, m.body.length, m.mediaType, upstream.name, repo, refs);
+  }
+
+  // ---- blobs -----------------------------------------------------------------------------
+
+  /** Answers a blob HEAD without fetching the blob. */
+  async blobHead(upstream: UpstreamConfig, repo: string, digest: string) {
+    const stored = await this.storedFor(upstream, repo, digest);
+    if (stored) return { size: stored.size, outcome: 'hit' as const };
+    const flight = this.fetches.get(digest);
+    if (flight && flight.upstream === upstream.name && flight.repo === repo) {
+      const fetch = await flight.started;
+      if (fetch.size !== undefined) return { size: fetch.size, outcome: 'coalesced' as const };
+    }
+    const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
+    if (!head) throw blobUnknown(repo, digest);
+    return { size: head.size, outcome: 'miss' as const };
+  }
+
+  async blob(upstream: UpstreamConfig, repo: string, digest: string): Promise<BlobSource> {
+    const stored = await this.storedFor(upstream, repo, digest);
+    if (stored) {
+      this.index.touch(digest);
+      return { kind: 'store', digest, size: stored.size, path: this.store.path(digest), outcome: 'hit' };
+    }
+
+    const flight = this.fetches.get(digest);
+    if (flight) {
+      // Another client's fetch is for this content; share it only once the upstream confirms
+      // that this repository has the blob too.
+      if (flight.upstream !== upstream.name || flight.repo !== repo) {
+        const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
+        if (!head) throw blobUnknown(repo, digest);
+        this.index.addRepo(digest, upstream.name, repo);
+      }
+      const fetch = await flight.started;
+      return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'coalesced' };
+    }
+
+    const started = this.startFetch(upstream, repo, digest);
+    this.fetches.set(digest, { upstream: upstream.name, repo, started });
+    started.catch(() => this.fetches.delete(digest));
+    const fetch = await started;
+    return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'miss' };
+  }
+
+  /**
+   * The stored blob if it may be served under this repository: verified there before, or
+   * confirmed now with one HEAD upstream. A blob is never served under a repository the
+   * upstream does not say it belongs to.
+   */
+  private async storedFor(upstream: UpstreamConfig, repo: string, digest: string) {
+    const row = this.index.getBlob(digest);
+    if (!row) return undefined;
+    const size = await this.store.size(digest);
+    if (size === undefined) {
+      this.forget(digest, row.size);
+      return undefined;
+    }
+    if (!this.index.isVerifiedFor(digest, upstream.name, repo)) {
+      const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
+      if (!head) throw blobUnknown(repo, digest);
+      this.index.addRepo(digest, upstream.name, repo);
+    }
+    return { size };
+  }
+
+  private async startFetch(upstream: UpstreamConfig, repo: string, digest: string) {
+    const res = await this.upstreamCall(upstream, () => this.client(upstream).getBlob(repo, digest));
+    if (!res) throw blobUnknown(repo, digest);
+    let writer;
+    try {
+      writer = await this.store.writer(digest);
+    } catch (err) {
+      res.body.destroy();
+      throw err;
+    }
+    const fetch = new BlobFetch(digest, res, writer, this.store);
+    const log = { upstream: upstream.name, repo, digest };
+    const started = Date.now();
+    this.metrics.fetchesInFlight.inc();
+    this.logger.info({ ...log, bytes: res.size }, 'fetch started');
+
+    fetch
+      .run((n) => this.metrics.upstreamBytes.inc({ upstream: upstream.name }, n))
+      .then((size) => {
+        this.index.putBlob(digest, size, null);
+        this.index.addRepo(digest, upstream.name, repo);
+        this.grow(size);
+        this.logger.info({ ...log, bytes: size, ms: Date.now() - started }, 'fetch stored');
+      })
+      .catch((err: WharfError) => {
+        this.metrics.fetchFailures.inc({ reason: err.code });
+        this.health.failed(upstream.name, err);
+        this.logger.warn({ ...log, err: err.message, code: err.code }, 'fetch discarded');
+      })
+      .finally(() => {
+        this.fetches.delete(digest);
+        this.metrics.fetchesInFlight.dec();
+      });
+    return fetch;
+  }
+
+  // ---- shared ----------------------------------------------------------------------------
+
+  /** Calls an upstream, keeping its up/down state and error metrics current. */
+  private async upstreamCall<T>(upstream: UpstreamConfig, call: () => Promise<T>): Promise<T> {
+    try {
+      const result = await call();
+      this.health.ok(upstream.name);
+      return result;
+    } catch (err) {
+      this.health.failed(upstream.name, err);
+      throw err;
+    }
+  }
+
+  private grow(bytes: number): void {
+    this.storeBytes += bytes;
+    this.metrics.storeBytes.set(this.storeBytes);
+  }
+
+  private forget(digest: string, size: number): void {
+    this.index.deleteBlob(digest);
+    this.grow(-size);
+  }
+}
+
+function manifestUnknown(repo: string, ref: string): WharfError {
+  return new WharfError('WHARF_MANIFEST_UNKNOWN', `manifest ${repo}:${ref} is not at its upstream`, {
+    hint: 'check the image name and tag',
+  });
+}
+
+function blobUnknown(repo: string, digest: string): WharfError {
+  return new WharfError('WHARF_BLOB_UNKNOWN', `blob ${digest} is not in ${repo} at its upstream`);
+}
+

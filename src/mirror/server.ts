@@ -1,0 +1,221 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pipeline } from 'node:stream/promises';
+import { WharfError, toWharfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { MirrorConfig, UpstreamConfig } from './config.js';
+import { MirrorMetrics, type RequestKind } from './metrics.js';
+import { Mirror, type BlobSource } from './mirror.js';
+import { Router } from './routing.js';
+import { parseRange } from './range.js';
+
+export interface RunningMirror {
+  url: string;
+  mirror: Mirror;
+  metrics: MirrorMetrics;
+  close(): Promise<void>;
+}
+
+const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
+
+/** Starts `wharf serve`: opens the store, then listens. Resolves once it accepts requests. */
+export async function startMirror(config: MirrorConfig, logger: Logger): Promise<RunningMirror> {
+  const metrics = new MirrorMetrics();
+  const mirror = await Mirror.open(config, logger, metrics);
+  const router = new Router(config.upstreams);
+  const server = createServer((req, res) => {
+    handle(req, res, { mirror, router, metrics, logger }).catch((err) => {
+      logger.error({ err: (err as Error).message }, 'request handler failed');
+      if (!res.headersSent) sendError(res, toWharfError(err));
+      else res.destroy();
+    });
+  });
+  // Blob responses can be long; the defaults would cut off a slow client mid-blob.
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = 65_000;
+
+  await listen(server, config.listen.host, config.listen.port);
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `http://${host}:${address.port}`;
+  logger.info(
+    { listen: url, data: config.data, upstreams: config.upstreams.map((u) => u.name) },
+    'mirror listening',
+  );
+
+  return {
+    url,
+    mirror,
+    metrics,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      mirror.close();
+    },
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      reject(
+        new WharfError('WHARF_CONFIG_INVALID', `cannot listen on ${host}:${port}: ${err.code ?? err.message}`, {
+          hint: err.code === 'EADDRINUSE' ? 'another program uses that port; pick another with --listen' : undefined,
+        }),
+      );
+    });
+    server.listen(port, host, () => resolve());
+  });
+}
+
+interface Context {
+  mirror: Mirror;
+  router: Router;
+  metrics: MirrorMetrics;
+  logger: Logger;
+}
+
+async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): Promise<void> {
+  const url = new URL(req.url ?? '/', 'http://mirror');
+  const method = req.method ?? 'GET';
+
+  if (url.pathname === '/healthz') return sendText(res, 200, 'ok\n');
+  if (url.pathname === '/metrics' && method === 'GET') {
+    res.setHeader('content-type', ctx.metrics.registry.contentType);
+    return sendText(res, 200, await ctx.metrics.registry.metrics());
+  }
+
+  let route;
+  try {
+    route = ctx.router.resolve(url.pathname, url.searchParams.get('ns'));
+  } catch (err) {
+    return sendError(res, toWharfError(err));
+  }
+  if (route.kind === 'base') {
+    res.writeHead(200, { ...API_VERSION, 'content-type': 'application/json' });
+    return void res.end('{}');
+  }
+  if (route.kind === 'push' || (route.kind !== 'other' && method !== 'GET' && method !== 'HEAD')) {
+    return sendError(res, new WharfError('WHARF_UNSUPPORTED', 'this mirror is read-only', {
+      hint: 'push to the origin registry; the mirror fetches from it',
+    }));
+  }
+  if (route.kind === 'other') {
+    return sendError(res, new WharfError('WHARF_NAME_UNKNOWN', `no such endpoint ${url.pathname}`));
+  }
+
+  const kind: RequestKind = route.kind === 'manifest'
+    ? (method === 'HEAD' ? 'manifest_head' : 'manifest')
+    : (method === 'HEAD' ? 'blob_head' : 'blob');
+  const timer = ctx.metrics.requestSeconds.startTimer({ kind });
+  try {
+    if (route.kind === 'manifest') {
+      const m = await ctx.mirror.manifest(route.upstream, route.repo, route.ref);
+      ctx.metrics.requests.inc({ kind, outcome: m.outcome });
+      res.writeHead(200, {
+        ...API_VERSION,
+        'content-type': m.mediaType,
+        'content-length': m.body.length,
+        'docker-content-digest': m.digest,
+        etag: `"${m.digest}"`,
+      });
+      timer();
+      return void res.end(method === 'HEAD' ? undefined : m.body);
+    }
+    if (method === 'HEAD') {
+      const head = await ctx.mirror.blobHead(route.upstream, route.repo, route.digest);
+      ctx.metrics.requests.inc({ kind, outcome: head.outcome });
+      res.writeHead(200, { ...API_VERSION, ...blobHeaders(route.digest, head.size) });
+      timer();
+      return void res.end();
+    }
+    const source = await ctx.mirror.blob(route.upstream, route.repo, route.digest);
+    ctx.metrics.requests.inc({ kind, outcome: source.outcome });
+    timer();
+    await sendBlob(req, res, source, route.upstream, ctx);
+  } catch (err) {
+    const error = toWharfError(err);
+    ctx.metrics.requests.inc({ kind, outcome: error.status === 404 ? 'not_found' : 'error' });
+    if (error.code === 'WHARF_INTERNAL') ctx.logger.error({ err: error.message }, 'request failed');
+    if (res.headersSent) res.destroy();
+    else sendError(res, error);
+  }
+}
+
+function blobHeaders(digest: string, size: number | undefined): Record<string, string | number> {
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/octet-stream',
+    'docker-content-digest': digest,
+    etag: `"${digest}"`,
+    'accept-ranges': 'bytes',
+  };
+  if (size !== undefined) headers['content-length'] = size;
+  return headers;
+}
+
+async function sendBlob(
+  req: IncomingMessage,
+  res: ServerResponse,
+  source: BlobSource,
+  upstream: UpstreamConfig,
+  ctx: Context,
+): Promise<void> {
+  const range = parseRange(req.headers.range, source.size);
+  const headers: Record<string, string | number> = {
+    ...API_VERSION,
+    ...blobHeaders(source.digest, source.size),
+  };
+  if (range) {
+    headers['content-length'] = range.end - range.start;
+    headers['content-range'] = `bytes ${range.start}-${range.end - 1}/${source.size}`;
+  }
+  res.writeHead(range ? 206 : 200, headers);
+
+  if (source.kind === 'store') {
+    const stream = ctx.mirror.store.read(source.digest, range && { start: range.start, end: range.end - 1 });
+    let sent = 0;
+    stream.on('data', (chunk: string | Buffer) => {
+      sent += chunk.length;
+    });
+    try {
+      await pipeline(stream, res);
+    } finally {
+      ctx.metrics.servedBytes.inc({ source: 'store' }, sent);
+    }
+    return;
+  }
+
+  try {
+    const sent = await source.fetch.pipeTo(res, range?.start ?? 0, range?.end);
+    ctx.metrics.servedBytes.inc({ source: 'fetch' }, sent);
+    res.end();
+  } catch (err) {
+    // The fetch went wrong after the headers went out: break the connection so the client
+    // sees a failed transfer, never a complete-looking wrong blob.
+    ctx.logger.warn(
+      { upstream: upstream.name, digest: source.digest, err: (err as Error).message },
+      'client stream broken',
+    );
+    res.destroy();
+  }
+}
+
+function sendText(res: ServerResponse, status: number, body: string): void {
+  res.statusCode = status;
+  if (!res.hasHeader('content-type')) res.setHeader('content-type', 'text/plain; charset=utf-8');
+  res.end(body);
+}
+
+/** Writes an error in the distribution spec's JSON format, with the hint as its detail. */
+export function sendError(res: ServerResponse, err: WharfError): void {
+  const body = JSON.stringify({
+    errors: [{ code: err.ociCode, message: err.message, detail: { code: err.code, hint: err.hint } }],
+  });
+  const headers: Record<string, string | number> = {
+    ...API_VERSION,
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+  };
+  res.writeHead(err.status, headers);
+  res.end(body);
+}

@@ -1,0 +1,146 @@
+import { createReadStream, createWriteStream, type ReadStream, type WriteStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes, type Hash } from 'node:crypto';
+import { WharfError } from '../errors.js';
+import { hasher, parseDigest } from '../oci/digest.js';
+
+/**
+ * Content-addressed blobs on disk: `blobs/<alg>/<2 hex>/<hex>`. A blob is written to `tmp/`,
+ * hashed as it is written, flushed, and renamed into place only when its digest matches, so
+ * whatever sits under `blobs/` is complete and verified, even after a crash.
+ */
+export class BlobStore {
+  readonly blobsDir: string;
+  readonly tmpDir: string;
+
+  constructor(readonly root: string) {
+    this.blobsDir = join(root, 'blobs');
+    this.tmpDir = join(root, 'tmp');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.blobsDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
+  }
+
+  /** The path of a blob; the digest is parsed first, so nothing else reaches the filesystem. */
+  path(digest: string): string {
+    const d = parseDigest(digest);
+    return join(this.blobsDir, d.algorithm, d.hex.slice(0, 2), d.hex);
+  }
+
+  async size(digest: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.path(digest))).size;
+    } catch {
+      return undefined;
+    }
+  }
+
+  read(digest: string, range?: { start: number; end: number }): ReadStream {
+    return createReadStream(this.path(digest), range ?? {});
+  }
+
+  async remove(digest: string): Promise<void> {
+    await rm(this.path(digest), { force: true });
+  }
+
+  /** Starts writing a blob that must hash to `digest`. */
+  async writer(digest: string): Promise<BlobWriter> {
+    const tmp = join(this.tmpDir, `${parseDigest(digest).hex.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+    const stream = createWriteStream(tmp, { flags: 'wx' });
+    await new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve());
+      stream.once('error', reject);
+    });
+    return new BlobWriter(this, digest, tmp, stream);
+  }
+
+  /** Removes temp files a crash left behind; they were never committed, so never served. */
+  async sweepTemp(): Promise<number> {
+    const names = await readdir(this.tmpDir).catch(() => [] as string[]);
+    await Promise.all(names.map((n) => rm(join(this.tmpDir, n), { force: true })));
+    return names.length;
+  }
+
+  /** Every committed blob's digest, for recovery and verification. */
+  async *list(): AsyncGenerator<string> {
+    for (const alg of await readdir(this.blobsDir).catch(() => [] as string[])) {
+      for (const prefix of await readdir(join(this.blobsDir, alg)).catch(() => [] as string[])) {
+        for (const hex of await readdir(join(this.blobsDir, alg, prefix)).catch(() => [] as string[])) {
+          yield `${alg}:${hex}`;
+        }
+      }
+    }
+  }
+}
+
+export class BlobWriter {
+  readonly tempPath: string;
+  private readonly hash: Hash;
+  private bytes = 0;
+  private closed = false;
+
+  constructor(
+    private readonly store: BlobStore,
+    readonly digest: string,
+    tempPath: string,
+    private readonly stream: WriteStream,
+  ) {
+    this.tempPath = tempPath;
+    this.hash = hasher(parseDigest(digest));
+  }
+
+  get written(): number {
+    return this.bytes;
+  }
+
+  /** Writes a chunk; resolves when it is on its way to disk (respecting back-pressure). */
+  write(chunk: Buffer): Promise<void> {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    return new Promise((resolve, reject) => {
+      this.stream.write(chunk, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  /**
+   * Checks the digest, flushes the file to disk and renames it into the store. On a mismatch the
+   * temp file is removed and DIGEST_MISMATCH is thrown: nothing unverified is kept.
+   */
+  async commit(expectedSize?: number): Promise<void> {
+    const actual = `${parseDigest(this.digest).algorithm}:${this.hash.digest('hex')}`;
+    await this.close();
+    if (actual !== this.digest || (expectedSize !== undefined && expectedSize !== this.bytes)) {
+      await this.abort();
+      throw new WharfError(
+        'WHARF_UPSTREAM_DIGEST_MISMATCH',
+        `content for ${this.digest} hashes to ${actual} (${this.bytes} bytes)`,
+        { hint: 'the upstream sent wrong bytes; nothing was stored', detail: { digest: this.digest } },
+      );
+    }
+    const fd = await open(this.tempPath, 'r');
+    try {
+      await fd.sync();
+    } finally {
+      await fd.close();
+    }
+    const final = this.store.path(this.digest);
+    await mkdir(join(final, '..'), { recursive: true });
+    await rename(this.tempPath, final);
+  }
+
+  async abort(): Promise<void> {
+    await this.close().catch(() => undefined);
+    await unlink(this.tempPath).catch(() => undefined);
+  }
+
+  private close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    return new Promise((resolve, reject) => {
+      this.stream.end((err?: Error | null) => (err ? reject(err) : resolve()));
+    });
+  }
+}

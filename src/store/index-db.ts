@@ -1,0 +1,168 @@
+import Database from 'better-sqlite3';
+
+export interface BlobRow {
+  digest: string;
+  size: number;
+  /** Set for manifests and indexes, which are stored as blobs too. */
+  media_type: string | null;
+  stored_at: number;
+  last_access: number;
+}
+
+export interface TagRow {
+  upstream: string;
+  repo: string;
+  tag: string;
+  digest: string;
+  confirmed_at: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS blobs (
+  digest TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  media_type TEXT,
+  stored_at INTEGER NOT NULL,
+  last_access INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blobs_last_access ON blobs (last_access);
+-- The repositories a blob was verified for at its upstream: it is served under no other.
+CREATE TABLE IF NOT EXISTS blob_repos (
+  digest TEXT NOT NULL,
+  upstream TEXT NOT NULL,
+  repo TEXT NOT NULL,
+  verified_at INTEGER NOT NULL,
+  PRIMARY KEY (digest, upstream, repo)
+);
+CREATE INDEX IF NOT EXISTS blob_repos_repo ON blob_repos (upstream, repo);
+CREATE TABLE IF NOT EXISTS tags (
+  upstream TEXT NOT NULL,
+  repo TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  digest TEXT NOT NULL,
+  confirmed_at INTEGER NOT NULL,
+  PRIMARY KEY (upstream, repo, tag)
+);
+-- What a manifest or index refers to, so eviction can tell what is still in use.
+CREATE TABLE IF NOT EXISTS refs (
+  parent TEXT NOT NULL,
+  child TEXT NOT NULL,
+  PRIMARY KEY (parent, child)
+);
+CREATE INDEX IF NOT EXISTS refs_child ON refs (child);
+`;
+
+/** The SQLite index of the blob store: what is stored, for which repositories, and tags. */
+export class IndexDb {
+  readonly db: Database.Database;
+  private readonly stmts;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    // WAL lets `wharf cache` commands read while the mirror writes; NORMAL sync is safe with
+    // WAL (a crash loses at most the last transactions, never consistency), and the blob files,
+    // which are fsynced, are the source of truth that recovery rebuilds the index from.
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(SCHEMA);
+    const db = this.db;
+    this.stmts = {
+      getBlob: db.prepare<[string], BlobRow>('SELECT * FROM blobs WHERE digest = ?'),
+      putBlob: db.prepare(
+        `INSERT INTO blobs (digest, size, media_type, stored_at, last_access)
+         VALUES (@digest, @size, @media_type, @now, @now)
+         ON CONFLICT (digest) DO UPDATE SET size = @size, last_access = @now,
+           media_type = COALESCE(@media_type, media_type)`,
+      ),
+      touch: db.prepare('UPDATE blobs SET last_access = ? WHERE digest = ?'),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      deleteBlobRepos: db.prepare('DELETE FROM blob_repos WHERE digest = ?'),
+      deleteRefs: db.prepare('DELETE FROM refs WHERE parent = ?'),
+      deleteTagsTo: db.prepare('DELETE FROM tags WHERE digest = ?'),
+      verified: db.prepare<[string, string, string], { n: number }>(
+        'SELECT 1 AS n FROM blob_repos WHERE digest = ? AND upstream = ? AND repo = ?',
+      ),
+      addRepo: db.prepare(
+        `INSERT INTO blob_repos (digest, upstream, repo, verified_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT DO UPDATE SET verified_at = excluded.verified_at`,
+      ),
+      getTag: db.prepare<[string, string, string], TagRow>(
+        'SELECT * FROM tags WHERE upstream = ? AND repo = ? AND tag = ?',
+      ),
+      putTag: db.prepare(
+        `INSERT INTO tags (upstream, repo, tag, digest, confirmed_at) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT DO UPDATE SET digest = excluded.digest, confirmed_at = excluded.confirmed_at`,
+      ),
+      deleteTag: db.prepare('DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ?'),
+      addRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
+      totalSize: db.prepare<[], { total: number | null }>('SELECT SUM(size) AS total FROM blobs'),
+    };
+  }
+
+  getBlob(digest: string): BlobRow | undefined {
+    return this.stmts.getBlob.get(digest);
+  }
+
+  putBlob(digest: string, size: number, mediaType: string | null, now = Date.now()): void {
+    this.stmts.putBlob.run({ digest, size, media_type: mediaType, now });
+  }
+
+  touch(digest: string, now = Date.now()): void {
+    this.stmts.touch.run(now, digest);
+  }
+
+  isVerifiedFor(digest: string, upstream: string, repo: string): boolean {
+    return this.stmts.verified.get(digest, upstream, repo) !== undefined;
+  }
+
+  addRepo(digest: string, upstream: string, repo: string, now = Date.now()): void {
+    this.stmts.addRepo.run(digest, upstream, repo, now);
+  }
+
+  /** Records a stored manifest with the repository it came from and what it refers to. */
+  putManifest(
+    digest: string,
+    size: number,
+    mediaType: string,
+    upstream: string,
+    repo: string,
+    children: string[],
+  ): void {
+    this.db.transaction(() => {
+      this.putBlob(digest, size, mediaType);
+      this.addRepo(digest, upstream, repo);
+      for (const child of children) this.stmts.addRef.run(digest, child);
+    })();
+  }
+
+  getTag(upstream: string, repo: string, tag: string): TagRow | undefined {
+    return this.stmts.getTag.get(upstream, repo, tag);
+  }
+
+  putTag(upstream: string, repo: string, tag: string, digest: string, now = Date.now()): void {
+    this.stmts.putTag.run(upstream, repo, tag, digest, now);
+  }
+
+  deleteTag(upstream: string, repo: string, tag: string): void {
+    this.stmts.deleteTag.run(upstream, repo, tag);
+  }
+
+  /** Forgets a blob entirely: its row, the repositories it was verified for, what it refers to. */
+  deleteBlob(digest: string): void {
+    this.db.transaction(() => {
+      this.stmts.deleteBlob.run(digest);
+      this.stmts.deleteBlobRepos.run(digest);
+      this.stmts.deleteRefs.run(digest);
+      this.stmts.deleteTagsTo.run(digest);
+    })();
+  }
+
+  totalSize(): number {
+    return this.stmts.totalSize.get()?.total ?? 0;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
