@@ -112,7 +112,7 @@ export class BlobFetch extends EventEmitter {
           pos += bytesRead;
           sent += bytesRead;
           if (!out.write(bytesRead === length ? buf : buf.subarray(0, bytesRead))) {
-            await Promise.race([once(out, 'drain'), once(out, 'close')]);
+            await drained(out);
           }
           continue;
         }
@@ -138,4 +138,17 @@ export class BlobFetch extends EventEmitter {
   get path(): string {
     return this.store.path(this.digest);
   }
+}
+
+/** Resolves when a writable can take more, or is gone; leaves no listener behind. */
+function drained(out: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      out.off('drain', done);
+      out.off('close', done);
+      resolve();
+    };
+    out.on('drain', done);
+    out.on('close', done);
+  });
 }
