@@ -1,0 +1,140 @@
+import assert from 'node:assert/strict';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { buildImage, type BuiltImage } from './helpers/images.js';
+import { pushLayout } from './helpers/push.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
+import { startTokenServer, type TokenServer } from './helpers/token-server.js';
+import { cleanupAll, makeTempDir } from './helpers/tmp.js';
+import { get, startTestMirror } from './support/mirror.js';
+import { createLogger } from '../src/log.js';
+import { Writable } from 'node:stream';
+
+const USER = 'ci-bot';
+const PASSWORD = 's3cret-Pa55-do-not-log';
+
+function upstreamName(reg: Registry): string {
+  return reg.host.replace(':', '_');
+}
+
+/** Collects log lines so tests can check no credential is ever written. */
+function captureLogs() {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      lines.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  return { lines, logger: createLogger({ level: 'debug', destination: sink }) };
+}
+
+describe('the mirror authenticates to private upstreams', () => {
+  let basic: Registry;
+  let tokens: TokenServer;
+  let bearer: Registry;
+  let image: BuiltImage;
+
+  before(async () => {
+    basic = await startRegistry({ auth: { htpasswd: { user: USER, password: PASSWORD } }, logLevel: 'error' });
+    tokens = await startTokenServer({ user: USER, password: PASSWORD, expiresIn: 300 });
+    bearer = await startRegistry({ auth: { token: tokens }, logLevel: 'error' });
+    image = await buildImage(join(await makeTempDir('img'), 'app'), { layers: [100_000], tag: 'v1' });
+    const credentials = { user: USER, password: PASSWORD };
+    await pushLayout(basic.url, 'team/app', 'v1', image.dir, { credentials });
+    await pushLayout(bearer.url, 'team/app', 'v1', image.dir, { credentials });
+  });
+  after(cleanupAll);
+
+  async function pullAll(mirrorUrl: string, reg: Registry) {
+    const base = `${mirrorUrl}/v2/${upstreamName(reg)}/team/app`;
+    const manifest = await get(`${base}/manifests/v1`);
+    assert.equal(manifest.status, 200, manifest.body.toString());
+    assert.deepEqual(manifest.body, image.bytes);
+    for (const blob of [image.config, ...image.layers]) {
+      const res = await get(`${base}/blobs/${blob.digest}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.body.length, blob.size);
+    }
+  }
+
+  test('basic auth with credentials from the config file works and never reaches the logs', async () => {
+    const { lines, logger } = captureLogs();
+    const mirror = await startTestMirror({
+      upstreams: [basic.url],
+      logger,
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
+    });
+    await pullAll(mirror.url, basic);
+    const b64 = Buffer.from(`${USER}:${PASSWORD}`).toString('base64');
+    for (const line of lines) {
+      assert.ok(!line.includes(PASSWORD) && !line.includes(b64), `credential in log: ${line}`);
+    }
+  });
+
+  test('without credentials the mirror answers UNAUTHORIZED with a hint', async () => {
+    const mirror = await startTestMirror({ upstreams: [basic.url] });
+    const res = await get(`${mirror.url}/v2/${upstreamName(basic)}/team/app/manifests/v1`);
+    assert.equal(res.status, 401);
+    const body = JSON.parse(res.body.toString()) as { errors: { code: string; detail: { hint: string } }[] };
+    assert.equal(body.errors[0]!.code, 'UNAUTHORIZED');
+    assert.match(body.errors[0]!.detail.hint, /credentials/);
+    assert.ok(!res.body.toString().includes(PASSWORD));
+  });
+
+  test('credentials come from environment variables named after the upstream', async () => {
+    const prefix = `WHARF_${upstreamName(basic).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}`;
+    process.env[`${prefix}_USERNAME`] = USER;
+    process.env[`${prefix}_PASSWORD`] = PASSWORD;
+    try {
+      const mirror = await startTestMirror({ upstreams: [basic.url] });
+      await pullAll(mirror.url, basic);
+    } finally {
+      delete process.env[`${prefix}_USERNAME`];
+      delete process.env[`${prefix}_PASSWORD`];
+    }
+  });
+
+  test('credentials come from the docker config.json of the user', async () => {
+    const dir = await makeTempDir('docker-config');
+    await mkdir(dir, { recursive: true });
+    const auth = Buffer.from(`${USER}:${PASSWORD}`).toString('base64');
+    await writeFile(join(dir, 'config.json'), JSON.stringify({ auths: { [basic.host]: { auth } } }));
+    const previous = process.env.DOCKER_CONFIG;
+    process.env.DOCKER_CONFIG = dir;
+    try {
+      const mirror = await startTestMirror({ upstreams: [basic.url] });
+      await pullAll(mirror.url, basic);
+    } finally {
+      if (previous === undefined) delete process.env.DOCKER_CONFIG;
+      else process.env.DOCKER_CONFIG = previous;
+    }
+  });
+
+  test('the bearer-token flow gets one token per repository scope and reuses it', async () => {
+    const mirror = await startTestMirror({
+      upstreams: [bearer.url],
+      tagTtlMs: 0,
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
+    });
+    const before = tokens.tokenRequests;
+    await pullAll(mirror.url, bearer);
+    await pullAll(mirror.url, bearer);
+    const scoped = tokens.requests
+      .slice(before)
+      .filter((r) => r.scopes.some((s) => s.includes('team/app')));
+    assert.equal(scoped.length, 1, `token requests: ${JSON.stringify(scoped)}`);
+    assert.equal(scoped[0]!.account, USER);
+  });
+
+  test('wrong credentials for a token server are refused with UNAUTHORIZED', async () => {
+    const mirror = await startTestMirror({
+      upstreams: [bearer.url],
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: 'wrong' }),
+    });
+    const res = await get(`${mirror.url}/v2/${upstreamName(bearer)}/team/app/manifests/v1`);
+    assert.equal(res.status, 401);
+    assert.equal((JSON.parse(res.body.toString()) as { errors: { code: string }[] }).errors[0]!.code, 'UNAUTHORIZED');
+  });
+});
