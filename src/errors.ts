@@ -30,6 +30,8 @@ export const ERRORS = {
   WHARF_PULL_FAILED: { oci: 'UNAVAILABLE', status: 502 },
   WHARF_PULL_STALLED: { oci: 'UNAVAILABLE', status: 504 },
   WHARF_PLATFORM_UNAVAILABLE: { oci: 'MANIFEST_UNKNOWN', status: 404 },
+  WHARF_DEADLINE_EXCEEDED: { oci: 'UNAVAILABLE', status: 504 },
+  WHARF_STATE_UNWRITABLE: { oci: 'UNKNOWN', status: 500 },
   WHARF_INTERNAL: { oci: 'UNKNOWN', status: 500 },
 } as const;
 

@@ -15,6 +15,7 @@ export function register(program: Command): void {
     .option('-l, --listen <host:port>', `address to listen on (default ${DEFAULTS.listen})`)
     .option('-d, --data <dir>', `data folder: blob store and index (default ${DEFAULTS.data})`)
     .option('-u, --upstream <[name=]url>', 'an upstream registry; repeat for several', collect)
+    .option('--max-size <size>', 'cache budget, e.g. 200GB; least recently used blobs go first')
     .option('--log-level <level>', `trace, debug, info, warn, error (default ${DEFAULTS.logLevel})`)
     .addHelpText(
       'after',

@@ -1,44 +1,81 @@
 import { EventEmitter, once } from 'node:events';
 import { open, type FileHandle } from 'node:fs/promises';
+import type { Hash } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { WharfError, toWharfError } from '../errors.js';
-import type { BlobStore, BlobWriter } from '../store/blob-store.js';
+import { hasher, parseDigest } from '../oci/digest.js';
+import type { BlobWriter } from '../store/blob-store.js';
 import type { BlobResponse } from '../upstream/client.js';
 
 const READ_CHUNK = 256 * 1024;
+/** Bytes a pass-through fetch keeps in memory ahead of its slowest client. */
+export const PASS_THROUGH_WINDOW = 16 * 1024 * 1024;
+
+interface Reader {
+  pos: number;
+}
+
+export interface FetchEvents {
+  /** The store could not take the blob (full disk); it streams on without being kept. */
+  onPassThrough?: (err: unknown) => void;
+}
 
 /**
  * One fetch of one blob from an upstream, shared by every client that wants it meanwhile.
  *
  * Bytes go to a temp file as they arrive, and each client reads that file at its own pace, so a
- * slow client holds no memory and never slows the fetch. The last byte is withheld from
- * clients until the digest is verified: a fetch that turns out wrong or cut off is never seen
- * as a complete blob; its clients' connections are broken instead.
+ * slow client holds no memory and never slows the fetch. When the disk cannot take them (no
+ * writer from the start, or a write fails, ENOSPC above all), the fetch turns pass-through:
+ * further bytes stay in a bounded memory window that the slowest client paces, and nothing is
+ * stored. Either way the last byte is withheld until the digest is verified: a wrong or cut-off
+ * fetch is never seen as a complete blob; its clients' connections are broken instead.
  */
 export class BlobFetch extends EventEmitter {
   /** Bytes the upstream announced; undefined when it sent no Content-Length. */
   readonly size: number | undefined;
   private written = 0;
+  /** Bytes confirmed in the temp file; bytes past it are in `memory` (pass-through). */
+  private fileBytes = 0;
+  private memory: Buffer[] = [];
+  private memoryStart = 0;
+  private hash: Hash | undefined;
   private state: 'running' | 'done' | 'failed' = 'running';
   private failure: WharfError | undefined;
+  private readonly readers = new Set<Reader>();
+  private everRead = false;
+  private readonly tempPath: string | undefined;
+  /** Removes the temp file of a fetch that turned pass-through, once no reader needs it. */
+  private discardTemp: (() => Promise<void>) | undefined;
 
   constructor(
     readonly digest: string,
     private readonly upstream: BlobResponse,
-    private readonly writer: BlobWriter,
-    private readonly store: BlobStore,
+    private writer: BlobWriter | undefined,
+    /** Where the blob lands in the store once committed. */
+    private readonly finalPath: string,
+    private readonly events: FetchEvents = {},
   ) {
     super();
     this.setMaxListeners(0);
     this.size = upstream.size;
+    this.tempPath = writer?.tempPath;
+    if (!writer) this.hash = hasher(parseDigest(digest));
   }
 
   get done(): boolean {
     return this.state === 'done';
   }
 
-  get failed(): WharfError | undefined {
-    return this.failure;
+  /** True when the blob is streamed without being stored. */
+  get passThrough(): boolean {
+    return this.writer === undefined;
+  }
+
+  /** Whether a client wanting bytes from `pos` on can still be served by this fetch. */
+  canServeFrom(pos: number): boolean {
+    if (this.state === 'failed') return false;
+    if (pos < this.fileBytes) return this.memoryStart === this.fileBytes;
+    return pos >= this.memoryStart;
   }
 
   /** Bytes clients may read now: all of them once verified, else all but the last. */
@@ -47,20 +84,20 @@ export class BlobFetch extends EventEmitter {
   }
 
   /**
-   * Pulls the body from the upstream into the store. Resolves with the byte count once the
-   * blob is verified and committed; rejects (and discards everything) otherwise.
+   * Pulls the body from the upstream. Resolves with the byte count and whether the blob was
+   * stored, once the digest is verified; rejects (and discards everything) otherwise.
    */
-  async run(onBytes: (n: number) => void): Promise<number> {
+  async run(onBytes: (n: number) => void): Promise<{ bytes: number; stored: boolean }> {
     try {
       for await (const chunk of this.upstream.body) {
         const buf = chunk as Buffer;
         if (this.size !== undefined && this.written + buf.length > this.size) {
           throw new WharfError('WHARF_UPSTREAM_DIGEST_MISMATCH', `upstream sent more than ${this.size} bytes for ${this.digest}`);
         }
-        await this.writer.write(buf);
-        this.written += buf.length;
+        await this.accept(buf);
         onBytes(buf.length);
         this.emit('progress');
+        if (this.writer === undefined) await this.paceToReaders();
       }
       if (this.size !== undefined && this.written !== this.size) {
         throw new WharfError(
@@ -69,13 +106,15 @@ export class BlobFetch extends EventEmitter {
           { hint: 'the upstream connection broke; the next request fetches the blob again' },
         );
       }
-      await this.writer.commit(this.size);
+      const stored = this.writer !== undefined;
+      if (this.writer) await this.writer.commit(this.size);
+      else this.verifyPassThrough();
       this.state = 'done';
       this.emit('progress');
-      return this.written;
+      return { bytes: this.written, stored };
     } catch (err) {
       this.upstream.body.destroy();
-      await this.writer.abort();
+      await this.writer?.abort();
       const failure = toWharfError(err);
       // A body that stops mid-way surfaces as a socket or timeout error from the HTTP client.
       this.failure =
@@ -85,7 +124,81 @@ export class BlobFetch extends EventEmitter {
       this.state = 'failed';
       this.emit('progress');
       throw this.failure;
+    } finally {
+      await this.releaseTemp();
     }
+  }
+
+  /** Bytes of a pass-through fetch are never kept; its temp file only served its readers. */
+  private async releaseTemp(): Promise<void> {
+    if (this.state === 'running' || this.readers.size > 0 || !this.discardTemp) return;
+    const discard = this.discardTemp;
+    this.discardTemp = undefined;
+    await discard();
+  }
+
+  private async accept(buf: Buffer): Promise<void> {
+    if (this.writer) {
+      try {
+        await this.writer.write(buf);
+        this.fileBytes += buf.length;
+        this.written += buf.length;
+        return;
+      } catch (err) {
+        // The disk is full (or failing): the client must not pay for it. Keep what is in the
+        // temp file for the readers, verify the rest in memory, store nothing.
+        const writer = this.writer;
+        this.hash = writer.takeHash();
+        this.writer = undefined;
+        this.memoryStart = this.fileBytes;
+        this.discardTemp = () => writer.abort();
+        this.events.onPassThrough?.(err);
+        this.memory.push(buf);
+        this.written += buf.length;
+        return;
+      }
+    }
+    this.hash!.update(buf);
+    this.memory.push(buf);
+    this.written += buf.length;
+  }
+
+  private verifyPassThrough(): void {
+    const actual = `${parseDigest(this.digest).algorithm}:${this.hash!.digest('hex')}`;
+    if (actual !== this.digest) {
+      throw new WharfError(
+        'WHARF_UPSTREAM_DIGEST_MISMATCH',
+        `content for ${this.digest} hashes to ${actual} (${this.written} bytes)`,
+        { hint: 'the upstream sent wrong bytes; nothing was served complete' },
+      );
+    }
+  }
+
+  /** Holds the upstream back while the memory window is full; the slowest reader sets the pace. */
+  private async paceToReaders(): Promise<void> {
+    for (;;) {
+      const slowest = this.slowestReader();
+      if (this.written - slowest <= PASS_THROUGH_WINDOW) return;
+      if (this.readers.size === 0 && this.everRead) {
+        throw new WharfError('WHARF_UPSTREAM_CUT_OFF', `every client of the unstored fetch of ${this.digest} left`);
+      }
+      await once(this, 'consumed');
+    }
+  }
+
+  private slowestReader(): number {
+    let min = this.readers.size ? Infinity : this.memoryStart;
+    for (const r of this.readers) min = Math.min(min, r.pos);
+    return min;
+  }
+
+  /** Drops memory every reader has passed. */
+  private trim(): void {
+    const slowest = this.slowestReader();
+    while (this.memory.length && this.memoryStart + this.memory[0]!.length <= slowest) {
+      this.memoryStart += this.memory.shift()!.length;
+    }
+    this.emit('consumed');
   }
 
   /**
@@ -93,50 +206,67 @@ export class BlobFetch extends EventEmitter {
    * the caller then breaks the client's connection.
    */
   async pipeTo(out: Writable, start = 0, end?: number): Promise<number> {
-    // Each client reads through its own handle: positional reads need no coordination, and a
-    // handle opened on the temp file stays valid when the file is renamed into the store.
-    const fd = await this.openForRead();
+    const reader: Reader = { pos: start };
+    this.readers.add(reader);
+    this.everRead = true;
+    let fd: FileHandle | undefined;
     try {
-      let pos = start;
       let sent = 0;
       for (;;) {
         const stop = end ?? (this.state === 'done' ? this.written : this.size ?? Infinity);
-        if (pos >= stop) return sent;
+        if (reader.pos >= stop) return sent;
         if (this.failure) throw this.failure;
         if (out.destroyed) return sent;
         const available = Math.min(this.readable, stop);
-        if (pos < available) {
-          const length = Math.min(READ_CHUNK, available - pos);
-          const buf = Buffer.allocUnsafe(length);
-          const { bytesRead } = await fd.read(buf, 0, length, pos);
-          pos += bytesRead;
-          sent += bytesRead;
-          if (!out.write(bytesRead === length ? buf : buf.subarray(0, bytesRead))) {
-            await drained(out);
+        if (reader.pos < available) {
+          let buf: Buffer;
+          if (reader.pos < this.fileBytes) {
+            // Each client reads through its own handle: positional reads need no coordination,
+            // and a handle opened on the temp file stays valid when it is renamed into place.
+            fd ??= await this.openForRead();
+            const length = Math.min(READ_CHUNK, available - reader.pos, this.fileBytes - reader.pos);
+            const chunk = Buffer.allocUnsafe(length);
+            const { bytesRead } = await fd.read(chunk, 0, length, reader.pos);
+            buf = chunk.subarray(0, bytesRead);
+          } else {
+            buf = this.fromMemory(reader.pos, available);
           }
+          reader.pos += buf.length;
+          sent += buf.length;
+          if (this.writer === undefined) this.trim();
+          if (!out.write(buf)) await drained(out);
           continue;
         }
-        if (this.state !== 'running' && this.failure === undefined && pos >= this.written) return sent;
+        if (this.state === 'done' && reader.pos >= this.written) return sent;
         await once(this, 'progress');
       }
     } finally {
-      await fd.close().catch(() => undefined);
+      this.readers.delete(reader);
+      if (this.writer === undefined) this.trim();
+      await fd?.close().catch(() => undefined);
+      await this.releaseTemp();
     }
+  }
+
+  private fromMemory(pos: number, available: number): Buffer {
+    let offset = this.memoryStart;
+    for (const chunk of this.memory) {
+      if (pos < offset + chunk.length) {
+        return chunk.subarray(pos - offset, Math.min(chunk.length, available - offset));
+      }
+      offset += chunk.length;
+    }
+    throw new WharfError('WHARF_INTERNAL', `bytes at ${pos} of ${this.digest} are gone from memory`);
   }
 
   private async openForRead(): Promise<FileHandle> {
     try {
-      return await open(this.writer.tempPath, 'r');
+      return await open(this.tempPath!, 'r');
     } catch (err) {
-      if (this.state === 'done') return open(this.path, 'r');
-      if (this.failure) throw this.failure;
+      // Committed meanwhile: the temp file was renamed into the store.
+      if (this.state === 'done' && this.writer) return open(this.finalPath, 'r');
       throw err;
     }
-  }
-
-  /** Where the committed blob is, for clients that arrive after the fetch. */
-  get path(): string {
-    return this.store.path(this.digest);
   }
 }
 

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { WharfError } from '../errors.js';
-import { parseDuration } from '../util/units.js';
+import { parseDuration, parseSize } from '../util/units.js';
 
 /** Every default of the mirror, with its unit, in one place. */
 export const DEFAULTS = {
@@ -14,6 +14,14 @@ export const DEFAULTS = {
   /** Longest silence in a blob body from an upstream before the fetch is abandoned. */
   upstreamBodyTimeout: '60s',
   logLevel: 'info',
+  /** No size budget unless one is set; the free-disk floor still protects the filesystem. */
+  maxSize: undefined,
+  minFreeDisk: '2GB',
+  /** Eviction, once over the budget, goes down to this share of it, so it does not run on
+   * every new blob. */
+  lowWater: 0.9,
+  /** How often the free-disk floor is checked. */
+  diskCheckInterval: '30s',
 } as const;
 
 /** With no upstream configured, the public registries, docker.io first and default. */
@@ -32,6 +40,20 @@ export interface UpstreamConfig {
   credentials?: { username: string; password: string };
 }
 
+export interface PinSpec {
+  image: string;
+  /** `os/arch[/variant]` entries of an index to keep; all of them when absent. */
+  platforms?: string[];
+}
+
+export interface CacheConfig {
+  maxSizeBytes: number | undefined;
+  minFreeDiskBytes: number;
+  lowWater: number;
+  diskCheckIntervalMs: number;
+  pins: PinSpec[];
+}
+
 export interface MirrorConfig {
   listen: { host: string; port: number };
   data: string;
@@ -40,6 +62,7 @@ export interface MirrorConfig {
   upstreamBodyTimeoutMs: number;
   logLevel: string;
   upstreams: UpstreamConfig[];
+  cache: CacheConfig;
 }
 
 const duration = z.union([z.string(), z.number()]);
@@ -62,6 +85,20 @@ const fileSchema = z.strictObject({
   upstreamBodyTimeout: duration.optional(),
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
   upstreams: z.array(upstreamSchema).optional(),
+  cache: z
+    .strictObject({
+      maxSize: z.union([z.string(), z.number()]).optional(),
+      minFreeDisk: z.union([z.string(), z.number()]).optional(),
+      pin: z
+        .array(
+          z.union([
+            z.string(),
+            z.strictObject({ image: z.string(), platforms: z.array(z.string()).optional() }),
+          ]),
+        )
+        .optional(),
+    })
+    .optional(),
 });
 
 export type MirrorFile = z.infer<typeof fileSchema>;
@@ -73,6 +110,7 @@ export interface ServeFlags {
   data?: string;
   upstream?: string[];
   logLevel?: string;
+  maxSize?: string;
 }
 
 function invalid(option: string, why: string, hint?: string): WharfError {
@@ -213,5 +251,21 @@ export async function loadMirrorConfig(
     ),
     logLevel: flags.logLevel ?? file.logLevel ?? DEFAULTS.logLevel,
     upstreams: finishUpstreams(upstreams, flags.upstream?.length ? '--upstream' : `${src}: upstreams`),
+    cache: cacheConfig(flags, file, src),
+  };
+}
+
+function cacheConfig(flags: ServeFlags, file: MirrorFile, src: string): CacheConfig {
+  const maxSize = flags.maxSize ?? file.cache?.maxSize;
+  const pins = (file.cache?.pin ?? []).map((p) => (typeof p === 'string' ? { image: p } : p));
+  return {
+    maxSizeBytes:
+      maxSize === undefined
+        ? undefined
+        : parseSize(maxSize, flags.maxSize ? '--max-size' : `${src}: cache.maxSize`),
+    minFreeDiskBytes: parseSize(file.cache?.minFreeDisk ?? DEFAULTS.minFreeDisk, `${src}: cache.minFreeDisk`),
+    lowWater: DEFAULTS.lowWater,
+    diskCheckIntervalMs: parseDuration(DEFAULTS.diskCheckInterval, 'diskCheckInterval'),
+    pins,
   };
 }

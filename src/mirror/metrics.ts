@@ -62,6 +62,30 @@ export class MirrorMetrics {
     registers: [this.registry],
   });
 
+  readonly evictions = new Counter({
+    name: 'wharf_evictions_total',
+    help: 'Blobs and manifests evicted from the store',
+    registers: [this.registry],
+  });
+
+  readonly evictedBytes = new Counter({
+    name: 'wharf_evicted_bytes_total',
+    help: 'Bytes evicted from the store',
+    registers: [this.registry],
+  });
+
+  readonly passThroughFetches = new Counter({
+    name: 'wharf_pass_through_fetches_total',
+    help: 'Fetches streamed to clients without being stored (disk full or below its floor)',
+    registers: [this.registry],
+  });
+
+  readonly pinnedBytes = new Gauge({
+    name: 'wharf_pinned_bytes',
+    help: 'Bytes of stored blobs held by pins',
+    registers: [this.registry],
+  });
+
   readonly requestSeconds = new Histogram({
     name: 'wharf_request_duration_seconds',
     help: 'Time to first byte of pull API responses, by kind',

@@ -1,11 +1,12 @@
 import { mkdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { WharfError, isWharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { children } from '../oci/manifest.js';
 import type { ManifestRef } from '../oci/reference.js';
-import { BlobStore } from '../store/blob-store.js';
-import { IndexDb } from '../store/index-db.js';
+import { BlobStore, type BlobWriter } from '../store/blob-store.js';
+import type { IndexDb } from '../store/index-db.js';
+import { openIndex, recover } from '../store/recovery.js';
+import { CacheManager } from './cache.js';
 import { RegistryClient, isUnavailable, type FetchedManifest } from '../upstream/client.js';
 import { BlobFetch } from './blob-fetch.js';
 import type { MirrorConfig, UpstreamConfig } from './config.js';
@@ -20,13 +21,20 @@ export interface ManifestResult {
 }
 
 export type BlobSource =
-  | { kind: 'store'; digest: string; size: number; path: string; outcome: Outcome }
+  | {
+      kind: 'store';
+      digest: string;
+      size: number;
+      outcome: Outcome;
+      /** Ends the hold that keeps eviction off the blob while it is served. */
+      release: () => void;
+    }
   | { kind: 'fetch'; digest: string; size: number | undefined; fetch: BlobFetch; outcome: Outcome };
 
 interface InFlight {
   upstream: string;
   repo: string;
-  started: Promise<BlobFetch>;
+  started: Promise<{ fetch: BlobFetch; finished: Promise<boolean> }>;
 }
 
 /**
@@ -40,15 +48,17 @@ export class Mirror {
   private readonly fetches = new Map<string, InFlight>();
   private readonly manifestFlights = new Map<string, Promise<ManifestResult>>();
   private readonly health: UpstreamHealth;
-  private storeBytes = 0;
+  readonly cache: CacheManager;
 
-  constructor(
+  private constructor(
     readonly config: MirrorConfig,
+    index: IndexDb,
     private readonly logger: Logger,
     private readonly metrics: MirrorMetrics,
   ) {
     this.store = new BlobStore(config.data);
-    this.index = new IndexDb(join(config.data, 'index.db'));
+    this.index = index;
+    this.cache = new CacheManager(config.cache, this.store, index, logger, metrics);
     this.health = new UpstreamHealth(logger, metrics);
     for (const u of config.upstreams) {
       this.clients.set(
@@ -64,16 +74,17 @@ export class Mirror {
 
   static async open(config: MirrorConfig, logger: Logger, metrics: MirrorMetrics): Promise<Mirror> {
     await mkdir(config.data, { recursive: true });
-    const mirror = new Mirror(config, logger, metrics);
+    const index = await openIndex(config.data, logger);
+    const mirror = new Mirror(config, index, logger, metrics);
     await mirror.store.init();
-    const swept = await mirror.store.sweepTemp();
-    if (swept) logger.info({ files: swept }, 'removed unfinished downloads');
-    mirror.storeBytes = mirror.index.totalSize();
-    metrics.storeBytes.set(mirror.storeBytes);
+    await recover(mirror.store, index, logger);
+    mirror.cache.start();
     return mirror;
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    this.cache.stop();
+    await this.cache.idle();
     this.index.close();
   }
 
@@ -204,10 +215,13 @@ export class Mirror {
   /** Answers a blob HEAD without fetching the blob. */
   async blobHead(upstream: UpstreamConfig, repo: string, digest: string) {
     const stored = await this.storedFor(upstream, repo, digest);
-    if (stored) return { size: stored.size, outcome: 'hit' as const };
+    if (stored) {
+      stored.release();
+      return { size: stored.size, outcome: 'hit' as const };
+    }
     const flight = this.fetches.get(digest);
     if (flight && flight.upstream === upstream.name && flight.repo === repo) {
-      const fetch = await flight.started;
+      const { fetch } = await flight.started;
       if (fetch.size !== undefined) return { size: fetch.size, outcome: 'coalesced' as const };
     }
     const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
@@ -219,7 +233,7 @@ export class Mirror {
     const stored = await this.storedFor(upstream, repo, digest);
     if (stored) {
       this.index.touch(digest);
-      return { kind: 'store', digest, size: stored.size, path: this.store.path(digest), outcome: 'hit' };
+      return { kind: 'store', digest, size: stored.size, outcome: 'hit', release: stored.release };
     }
 
     const flight = this.fetches.get(digest);
@@ -231,14 +245,20 @@ export class Mirror {
         if (!head) throw blobUnknown(repo, digest);
         this.index.addRepo(digest, upstream.name, repo);
       }
-      const fetch = await flight.started;
-      return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'coalesced' };
+      const { fetch } = await flight.started;
+      // A pass-through fetch keeps only a window of the blob; a client that needs bytes it has
+      // already dropped gets a fetch of its own.
+      if (fetch.canServeFrom(0)) {
+        return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'coalesced' };
+      }
+      const own = await this.startFetch(upstream, repo, digest);
+      return { kind: 'fetch', digest, size: own.fetch.size, fetch: own.fetch, outcome: 'miss' };
     }
 
     const started = this.startFetch(upstream, repo, digest);
     this.fetches.set(digest, { upstream: upstream.name, repo, started });
     started.catch(() => this.fetches.delete(digest));
-    const fetch = await started;
+    const { fetch } = await started;
     return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'miss' };
   }
 
@@ -250,53 +270,67 @@ export class Mirror {
   private async storedFor(upstream: UpstreamConfig, repo: string, digest: string) {
     const row = this.index.getBlob(digest);
     if (!row) return undefined;
-    const size = await this.store.size(digest);
-    if (size === undefined) {
-      this.forget(digest, row.size);
-      return undefined;
+    // Held from here, so eviction cannot take the file between this check and the response.
+    const release = this.cache.hold(digest);
+    try {
+      const size = await this.store.size(digest);
+      if (size === undefined) {
+        this.forget(digest, row.size);
+        release();
+        return undefined;
+      }
+      if (!this.index.isVerifiedFor(digest, upstream.name, repo)) {
+        const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
+        if (!head) throw blobUnknown(repo, digest);
+        this.index.addRepo(digest, upstream.name, repo);
+      }
+      return { size, release };
+    } catch (err) {
+      release();
+      throw err;
     }
-    if (!this.index.isVerifiedFor(digest, upstream.name, repo)) {
-      const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
-      if (!head) throw blobUnknown(repo, digest);
-      this.index.addRepo(digest, upstream.name, repo);
-    }
-    return { size };
   }
 
   private async startFetch(upstream: UpstreamConfig, repo: string, digest: string) {
     const res = await this.upstreamCall(upstream, () => this.client(upstream).getBlob(repo, digest));
     if (!res) throw blobUnknown(repo, digest);
-    let writer;
-    try {
-      writer = await this.store.writer(digest);
-    } catch (err) {
-      res.body.destroy();
-      throw err;
-    }
-    const fetch = new BlobFetch(digest, res, writer, this.store);
     const log = { upstream: upstream.name, repo, digest };
+    let writer: BlobWriter | undefined;
+    if (await this.cache.canStore(res.size ?? 0)) {
+      writer = await this.store.writer(digest).catch((err: unknown) => {
+        this.logger.warn({ ...log, err: (err as Error).message }, 'cannot create a temp file');
+        return undefined;
+      });
+    }
+    if (!writer) this.cache.passThrough(log, undefined);
+    const fetch = new BlobFetch(digest, res, writer, this.store.path(digest), {
+      onPassThrough: (err) => this.cache.passThrough(log, err),
+    });
     const started = Date.now();
     this.metrics.fetchesInFlight.inc();
     this.logger.info({ ...log, bytes: res.size }, 'fetch started');
 
-    fetch
+    const finished = fetch
       .run((n) => this.metrics.upstreamBytes.inc({ upstream: upstream.name }, n))
-      .then((size) => {
-        this.index.putBlob(digest, size, null);
+      .then(({ bytes, stored }) => {
+        if (!stored) return false;
+        this.index.putBlob(digest, bytes, null);
         this.index.addRepo(digest, upstream.name, repo);
-        this.grow(size);
-        this.logger.info({ ...log, bytes: size, ms: Date.now() - started }, 'fetch stored');
+        this.grow(bytes);
+        this.logger.info({ ...log, bytes, ms: Date.now() - started }, 'fetch stored');
+        return true;
       })
       .catch((err: WharfError) => {
         this.metrics.fetchFailures.inc({ reason: err.code });
         this.health.failed(upstream.name, err);
         this.logger.warn({ ...log, err: err.message, code: err.code }, 'fetch discarded');
+        return false;
       })
       .finally(() => {
         this.fetches.delete(digest);
         this.metrics.fetchesInFlight.dec();
       });
-    return fetch;
+    return { fetch, finished };
   }
 
   // ---- shared ----------------------------------------------------------------------------
@@ -314,8 +348,7 @@ export class Mirror {
   }
 
   private grow(bytes: number): void {
-    this.storeBytes += bytes;
-    this.metrics.storeBytes.set(this.storeBytes);
+    this.cache.grow(bytes);
   }
 
   private forget(digest: string, size: number): void {

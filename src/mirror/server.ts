@@ -50,7 +50,7 @@ export async function startMirror(config: MirrorConfig, logger: Logger): Promise
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      mirror.close();
+      await mirror.close();
     },
   };
 }
@@ -130,6 +130,7 @@ async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): 
       return void res.end();
     }
     const source = await ctx.mirror.blob(route.upstream, route.repo, route.digest);
+    if (source.kind === 'store') res.once('close', source.release);
     ctx.metrics.requests.inc({ kind, outcome: source.outcome });
     timer();
     await sendBlob(req, res, source, route.upstream, ctx);

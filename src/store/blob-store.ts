@@ -131,6 +131,14 @@ export class BlobWriter {
     await rename(this.tempPath, final);
   }
 
+  /**
+   * Gives up on the file but hands over the running hash, which has seen every byte passed to
+   * write(), so a fetch can go on verifying bytes it no longer stores.
+   */
+  takeHash(): Hash {
+    return this.hash;
+  }
+
   async abort(): Promise<void> {
     await this.close().catch(() => undefined);
     await unlink(this.tempPath).catch(() => undefined);

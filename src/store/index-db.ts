@@ -50,7 +50,29 @@ CREATE TABLE IF NOT EXISTS refs (
   PRIMARY KEY (parent, child)
 );
 CREATE INDEX IF NOT EXISTS refs_child ON refs (child);
+-- Images kept whatever the budget: from the config file or \`wharf cache pin\`.
+CREATE TABLE IF NOT EXISTS pins (
+  image TEXT PRIMARY KEY,
+  platforms TEXT,
+  origin TEXT NOT NULL,
+  added_at INTEGER NOT NULL
+);
+-- What each pin resolved to when it was last refreshed: never evicted.
+CREATE TABLE IF NOT EXISTS pinned_blobs (
+  image TEXT NOT NULL,
+  digest TEXT NOT NULL,
+  PRIMARY KEY (image, digest)
+);
+CREATE INDEX IF NOT EXISTS pinned_blobs_digest ON pinned_blobs (digest);
 `;
+
+export interface PinRow {
+  image: string;
+  /** JSON list of `os/arch[/variant]`, or null for every platform. */
+  platforms: string | null;
+  origin: 'config' | 'cli';
+  added_at: number;
+}
 
 /** The SQLite index of the blob store: what is stored, for which repositories, and tags. */
 export class IndexDb {
@@ -97,6 +119,37 @@ export class IndexDb {
       deleteTag: db.prepare('DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ?'),
       addRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
       totalSize: db.prepare<[], { total: number | null }>('SELECT SUM(size) AS total FROM blobs'),
+      lruPage: db.prepare<[number, string, number], BlobRow>(
+        `SELECT * FROM blobs WHERE media_type IS NULL AND (last_access, digest) > (?, ?)
+         ORDER BY last_access, digest LIMIT ?`,
+      ),
+      // Manifests with nothing stored under them and no stored index above them.
+      orphanManifests: db.prepare<[], BlobRow>(
+        `SELECT * FROM blobs b WHERE b.media_type IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM refs r JOIN blobs c ON c.digest = r.child
+                           WHERE r.parent = b.digest)
+           AND NOT EXISTS (SELECT 1 FROM refs r JOIN blobs p ON p.digest = r.parent
+                           WHERE r.child = b.digest)
+           AND NOT EXISTS (SELECT 1 FROM pinned_blobs pb WHERE pb.digest = b.digest)`,
+      ),
+      allBlobs: db.prepare<[], BlobRow>('SELECT * FROM blobs'),
+      addPin: db.prepare(
+        `INSERT INTO pins (image, platforms, origin, added_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT DO UPDATE SET platforms = excluded.platforms`,
+      ),
+      removePin: db.prepare('DELETE FROM pins WHERE image = ?'),
+      removePinnedBlobs: db.prepare('DELETE FROM pinned_blobs WHERE image = ?'),
+      addPinnedBlob: db.prepare('INSERT OR IGNORE INTO pinned_blobs (image, digest) VALUES (?, ?)'),
+      listPins: db.prepare<[], PinRow>('SELECT * FROM pins ORDER BY image'),
+      pinnedDigests: db.prepare<[], { digest: string }>('SELECT DISTINCT digest FROM pinned_blobs'),
+      pinnedBytes: db.prepare<[], { total: number | null }>(
+        `SELECT SUM(size) AS total FROM blobs
+         WHERE digest IN (SELECT DISTINCT digest FROM pinned_blobs)`,
+      ),
+      tags: db.prepare<[], TagRow>('SELECT * FROM tags ORDER BY upstream, repo, tag'),
+      reposOf: db.prepare<[string], { upstream: string; repo: string }>(
+        'SELECT upstream, repo FROM blob_repos WHERE digest = ?',
+      ),
     };
   }
 
@@ -156,6 +209,59 @@ export class IndexDb {
       this.stmts.deleteRefs.run(digest);
       this.stmts.deleteTagsTo.run(digest);
     })();
+  }
+
+  /** Layers and configs, least recently used first, a page at a time after a cursor. */
+  lruPage(after: { last_access: number; digest: string }, limit: number): BlobRow[] {
+    return this.stmts.lruPage.all(after.last_access, after.digest, limit);
+  }
+
+  orphanManifests(): BlobRow[] {
+    return this.stmts.orphanManifests.all();
+  }
+
+  allBlobs(): BlobRow[] {
+    return this.stmts.allBlobs.all();
+  }
+
+  tags(): TagRow[] {
+    return this.stmts.tags.all();
+  }
+
+  reposOf(digest: string): { upstream: string; repo: string }[] {
+    return this.stmts.reposOf.all(digest);
+  }
+
+  addPin(image: string, platforms: string[] | undefined, origin: PinRow['origin']): void {
+    this.stmts.addPin.run(image, platforms ? JSON.stringify(platforms) : null, origin, Date.now());
+  }
+
+  /** Drops a pin and releases what it held; returns whether there was one. */
+  removePin(image: string): boolean {
+    return this.db.transaction(() => {
+      this.stmts.removePinnedBlobs.run(image);
+      return this.stmts.removePin.run(image).changes > 0;
+    })();
+  }
+
+  listPins(): PinRow[] {
+    return this.stmts.listPins.all();
+  }
+
+  /** Replaces what a pin holds with what it resolves to now. */
+  setPinnedBlobs(image: string, digests: Iterable<string>): void {
+    this.db.transaction(() => {
+      this.stmts.removePinnedBlobs.run(image);
+      for (const d of digests) this.stmts.addPinnedBlob.run(image, d);
+    })();
+  }
+
+  pinnedDigests(): Set<string> {
+    return new Set(this.stmts.pinnedDigests.all().map((r) => r.digest));
+  }
+
+  pinnedBytes(): number {
+    return this.stmts.pinnedBytes.get()?.total ?? 0;
   }
 
   totalSize(): number {

@@ -1,0 +1,232 @@
+import cliProgress from 'cli-progress';
+import type { WharfError } from '../errors.js';
+import {
+  summarize,
+  type AgentEvent,
+  type CycleReport,
+  type EnsureResult,
+} from '../agent/events.js';
+import { formatBytes } from '../util/units.js';
+
+/**
+ * Prints what the agent did. Core code only returns results and emits events; this is the one
+ * place that decides how they look: bars or lines for people, JSON for scripts.
+ */
+export interface Reporter {
+  event(event: AgentEvent): void;
+  ensured(result: EnsureResult): void;
+  failed(image: string, err: WharfError, seconds: number): void;
+  cycle(report: CycleReport): void;
+  close(): void;
+}
+
+export interface ReporterOptions {
+  json: boolean;
+  /** Results: the ensure line, the cycle table, JSON. */
+  stdout: NodeJS.WritableStream;
+  /** Progress and warnings. */
+  stderr: NodeJS.WritableStream & { isTTY?: boolean };
+  /** Bars instead of lines; by default when stderr is a terminal. */
+  bars?: boolean;
+  /**
+   * `warm` reports each image as it is done (a JSON event each); `ensure` reports one result
+   * at the end.
+   */
+  stream?: boolean;
+}
+
+export function createReporter(options: ReporterOptions): Reporter {
+  return options.json ? new JsonReporter(options) : new HumanReporter(options);
+}
+
+const short = (digest: string) => (digest.length > 19 ? `${digest.slice(0, 19)}…` : digest);
+
+/** `wharf ensure`'s line: what, which digest, from where, how long. */
+export function ensureLine(r: EnsureResult): string {
+  const what = `${r.image} ${short(r.digest)}`;
+  const platform = r.platform ? ` [${r.platform}]` : '';
+  if (r.source === 'local') return `${what}${platform} present, ${r.seconds.toFixed(2)} s`;
+  if (r.source === 'stale-local') {
+    return `${what}${platform} STALE local copy kept (${r.stale?.message ?? 'no registry answered'})`;
+  }
+  return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s ` +
+    `(${formatBytes(r.bytes)})`;
+}
+
+export function cycleTable(report: CycleReport): string {
+  const header = ['IMAGE', 'DIGEST', 'ACTION', 'SECONDS', 'SIZE'];
+  const rows = report.rows.map((row) => [
+    row.image,
+    row.digest ? short(row.digest) : '-',
+    row.action === 'pulled' && row.source ? `pulled (${row.source})` : row.action,
+    row.seconds.toFixed(1),
+    row.size > 0 ? formatBytes(row.size) : '-',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  const failures = report.rows
+    .filter((r) => r.error)
+    .map((r) => `  ${r.image}: ${r.error!.message} [${r.error!.code}]` +
+      (r.error!.hint ? `\n    hint: ${r.error!.hint}` : ''));
+  const summary = `cycle ${report.cycle} (${report.trigger}): ${report.rows.length} rows, ` +
+    `${report.failed} failed, ${report.seconds.toFixed(1)} s`;
+  return [line(header), ...rows.map(line), summary, ...failures].join('\n') + '\n';
+}
+
+class HumanReporter implements Reporter {
+  private readonly multi: cliProgress.MultiBar | undefined;
+  private readonly bars = new Map<string, cliProgress.SingleBar>();
+  private readonly lastLine = new Map<string, number>();
+
+  constructor(private readonly options: ReporterOptions) {
+    if (options.bars ?? Boolean(options.stderr.isTTY)) {
+      this.multi = new cliProgress.MultiBar({
+        stream: options.stderr,
+        format: '{image} |{bar}| {percentage}% {done} of {size} via {source}',
+        barsize: 30,
+        hideCursor: true,
+        clearOnComplete: true,
+        autopadding: true,
+      });
+    }
+  }
+
+  private say(text: string): void {
+    if (this.multi) this.multi.log(`${text}\n`);
+    else this.options.stderr.write(`${text}\n`);
+  }
+
+  event(e: AgentEvent): void {
+    switch (e.type) {
+      case 'source-failed':
+        this.say(`${e.image}: ${e.source} ${e.phase} failed: ${e.error.message}`);
+        break;
+      case 'pull-start':
+        if (this.multi) {
+          const payload = { image: e.image, done: '0 B', size: '?', source: e.source };
+          this.bars.set(e.image, this.multi.create(1, 0, payload));
+        } else this.say(`${e.image}: pulling from ${e.source} (${e.ref})`);
+        break;
+      case 'pull-progress':
+        this.progress(e.image, e.bytes, e.total, e.source);
+        break;
+      case 'pull-retry':
+        this.say(`${e.image}: ${e.error.message}; attempt ${e.attempt + 1}` +
+          (e.delayMs > 0 ? ` in ${(e.delayMs / 1000).toFixed(0)} s` : ''));
+        break;
+      case 'ensured':
+        this.dropBar(e.result.image);
+        if (this.options.stream) this.say(ensureLine(e.result));
+        break;
+      case 'image-failed':
+        this.dropBar(e.image);
+        if (this.options.stream) this.say(`${e.image}: failed: ${e.error.message}`);
+        break;
+      case 'removed':
+        this.say(`${e.image}: removed ${e.id.slice(0, 19)} (${e.reason}, ${formatBytes(e.bytes)})`);
+        break;
+      case 'remove-failed':
+        this.say(`${e.image}: could not remove ${e.id.slice(0, 19)}: ${e.error.message}`);
+        break;
+      case 'tag-moved':
+        this.say(`${e.image}: tag moved to ${short(e.to)}`);
+        break;
+      case 'disk-low':
+        this.say(`disk ${e.path}: ${formatBytes(e.free)} free, below ${formatBytes(e.floor)}; ` +
+          'pruning first');
+        break;
+      case 'cycle-start':
+        this.say(`cycle ${e.cycle} (${e.trigger}): ${e.images} images`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  private progress(image: string, bytes: number, total: number, source: string): void {
+    const bar = this.bars.get(image);
+    if (bar) {
+      bar.setTotal(Math.max(total, bytes, 1));
+      bar.update(bytes, { done: formatBytes(bytes), size: formatBytes(total), source });
+      return;
+    }
+    // In a log, one line every ten seconds per image says it is alive without flooding.
+    const now = Date.now();
+    if (now - (this.lastLine.get(image) ?? 0) < 10_000) return;
+    this.lastLine.set(image, now);
+    this.say(`${image}: ${formatBytes(bytes)} of ${formatBytes(total)} from ${source}`);
+  }
+
+  private dropBar(image: string): void {
+    const bar = this.bars.get(image);
+    if (bar && this.multi) {
+      bar.stop();
+      this.multi.remove(bar);
+    }
+    this.bars.delete(image);
+    this.lastLine.delete(image);
+  }
+
+  ensured(result: EnsureResult): void {
+    this.dropBar(result.image);
+    this.multi?.stop();
+    this.options.stdout.write(`${ensureLine(result)}\n`);
+  }
+
+  failed(image: string, err: WharfError): void {
+    this.dropBar(image);
+    this.multi?.stop();
+    this.options.stderr.write(`error: ${err.message} [${err.code}]\n`);
+    if (err.hint) this.options.stderr.write(`hint: ${err.hint}\n`);
+  }
+
+  cycle(report: CycleReport): void {
+    if (this.multi) this.multi.log(cycleTable(report));
+    else this.options.stdout.write(cycleTable(report));
+  }
+
+  close(): void {
+    this.multi?.stop();
+  }
+}
+
+class JsonReporter implements Reporter {
+  private readonly lastProgress = new Map<string, number>();
+
+  constructor(private readonly options: ReporterOptions) {}
+
+  private write(value: unknown): void {
+    this.options.stdout.write(`${JSON.stringify(value)}\n`);
+  }
+
+  event(e: AgentEvent): void {
+    if (!this.options.stream) return;
+    if (e.type === 'pull-progress') {
+      // Progress comes many times a second; a machine reading the stream wants a pulse.
+      const now = Date.now();
+      if (now - (this.lastProgress.get(e.image) ?? 0) < 1000) return;
+      this.lastProgress.set(e.image, now);
+    }
+    this.write({ time: new Date().toISOString(), event: e.type, ...payloadOf(e) });
+  }
+
+  ensured(result: EnsureResult): void {
+    if (!this.options.stream) this.write(result);
+  }
+
+  failed(image: string, err: WharfError, seconds: number): void {
+    if (!this.options.stream) this.write({ image, error: summarize(err), seconds });
+  }
+
+  cycle(): void {
+    // The cycle's table travels as the `cycle-end` event.
+  }
+
+  close(): void {}
+}
+
+function payloadOf(e: AgentEvent): Record<string, unknown> {
+  const { type: _type, ...rest } = e;
+  return rest;
+}

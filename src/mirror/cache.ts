@@ -1,0 +1,149 @@
+import { statfs } from 'node:fs/promises';
+import type { Logger } from '../log.js';
+import type { BlobStore } from '../store/blob-store.js';
+import { evict, type EvictResult } from '../store/eviction.js';
+import type { IndexDb } from '../store/index-db.js';
+import type { CacheConfig } from './config.js';
+import type { MirrorMetrics } from './metrics.js';
+
+/** Free bytes for unprivileged writers on the filesystem holding `path`. */
+export async function freeDisk(path: string): Promise<number> {
+  const s = await statfs(path);
+  return s.bavail * s.bsize;
+}
+
+/**
+ * Keeps the store within its budget and the filesystem above its floor: tracks the store's
+ * size, evicts in the background when it grows past the budget, and decides whether a new
+ * fetch may be stored at all or must pass through.
+ */
+export class CacheManager {
+  private bytes = 0;
+  private running: Promise<EvictResult> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly busy = new Map<string, number>();
+
+  constructor(
+    private readonly config: CacheConfig,
+    private readonly store: BlobStore,
+    private readonly index: IndexDb,
+    private readonly logger: Logger,
+    private readonly metrics: MirrorMetrics,
+  ) {}
+
+  start(): void {
+    this.bytes = this.index.totalSize();
+    this.refreshMetrics();
+    this.timer = setInterval(() => void this.checkDisk(), this.config.diskCheckIntervalMs);
+    this.timer.unref();
+    void this.checkDisk();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Waits for an eviction in progress, so the index can close under no one. */
+  async idle(): Promise<void> {
+    await this.running?.catch(() => undefined);
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  grow(bytes: number): void {
+    this.bytes += bytes;
+    this.metrics.storeBytes.set(this.bytes);
+    if (bytes > 0 && this.overBudget()) void this.gc();
+  }
+
+  /** Marks a stored blob as being served; eviction leaves it alone until released. */
+  hold(digest: string): () => void {
+    this.busy.set(digest, (this.busy.get(digest) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.busy.get(digest) ?? 1) - 1;
+      if (n <= 0) this.busy.delete(digest);
+      else this.busy.set(digest, n);
+    };
+  }
+
+  /**
+   * Whether a new blob of `size` bytes may be stored. Below the free-disk floor it first evicts
+   * what it can; if the floor still cannot be kept, the blob passes through unstored.
+   */
+  async canStore(size: number): Promise<boolean> {
+    const floor = this.config.minFreeDiskBytes;
+    let free = await freeDisk(this.store.root).catch(() => Infinity);
+    if (free - size >= floor) return true;
+    await this.gc(floor + size - free);
+    free = await freeDisk(this.store.root).catch(() => Infinity);
+    return free - size >= floor;
+  }
+
+  passThrough(log: Record<string, unknown>, err: unknown): void {
+    this.metrics.passThroughFetches.inc();
+    const reason = err === undefined ? 'below the free-disk floor' : (err as NodeJS.ErrnoException).code ?? String(err);
+    this.logger.warn({ ...log, reason }, 'store full, streaming without storing');
+    void this.gc(0);
+  }
+
+  /**
+   * Evicts least recently used blobs: down to the low-water mark when over the budget, and at
+   * least `extra` bytes more (to make room on the disk). One eviction runs at a time; a call
+   * while one runs waits for it.
+   */
+  gc(extra = 0): Promise<EvictResult> {
+    if (this.running) return this.running;
+    const { maxSizeBytes, lowWater } = this.config;
+    const overBudget = maxSizeBytes === undefined ? 0 : this.bytes - maxSizeBytes * lowWater;
+    const bytes = Math.max(0, extra, overBudget > 0 && this.overBudget() ? overBudget : 0);
+    if (bytes === 0) return Promise.resolve({ count: 0, bytes: 0 });
+    const started = Date.now();
+    this.running = evict(this.index, this.store, {
+      bytes,
+      isBusy: (d) => this.busy.has(d),
+      onEvicted: (row) => {
+        this.bytes -= row.size;
+        this.metrics.evictions.inc();
+        this.metrics.evictedBytes.inc(row.size);
+      },
+    })
+      .then((result) => {
+        this.refreshMetrics();
+        if (result.count) {
+          this.logger.info({ blobs: result.count, bytes: result.bytes, ms: Date.now() - started }, 'evicted');
+        }
+        if (result.bytes < bytes) {
+          this.logger.warn({ bytes: bytes - result.bytes }, 'eviction could not free enough: the rest is pinned or in use');
+        }
+        return result;
+      })
+      .finally(() => {
+        this.running = undefined;
+      });
+    return this.running;
+  }
+
+  private overBudget(): boolean {
+    return this.config.maxSizeBytes !== undefined && this.bytes > this.config.maxSizeBytes;
+  }
+
+  private async checkDisk(): Promise<void> {
+    try {
+      const free = await freeDisk(this.store.root);
+      if (free < this.config.minFreeDiskBytes) await this.gc(this.config.minFreeDiskBytes - free);
+      else if (this.overBudget()) await this.gc();
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message }, 'disk check failed');
+    }
+  }
+
+  refreshMetrics(): void {
+    this.metrics.storeBytes.set(this.bytes);
+    this.metrics.pinnedBytes.set(this.index.pinnedBytes());
+  }
+}
