@@ -76,7 +76,14 @@ interface Context {
 }
 
 async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): Promise<void> {
-  const url = new URL(req.url ?? '/', 'http://mirror');
+  // The path is taken raw: a URL parser would resolve `..` and `%2e%2e` segments, silently
+  // turning one repository name into another. The routing grammar refuses them instead.
+  const raw = req.url ?? '/';
+  const q = raw.indexOf('?');
+  const url = {
+    pathname: q < 0 ? raw : raw.slice(0, q),
+    searchParams: new URLSearchParams(q < 0 ? '' : raw.slice(q + 1)),
+  };
   const method = req.method ?? 'GET';
 
   if (url.pathname === '/healthz') return sendText(res, 200, 'ok\n');
