@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { toWharfError } from '../errors.js';
 import { register as registerServe } from './serve.js';
+import { register as registerCache } from './cache.js';
 import { exitCodeFor, printError } from './errors.js';
 
 const program = new Command()
@@ -12,6 +13,7 @@ const program = new Command()
   .exitOverride();
 
 registerServe(program);
+registerCache(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,11 +1,9 @@
 import type { Command } from 'commander';
+import { collect } from './options.js';
 import { createLogger } from '../log.js';
 import { DEFAULTS, loadMirrorConfig, type ServeFlags } from '../mirror/config.js';
 import { startMirror } from '../mirror/server.js';
 
-function collect(value: string, previous: string[] = []): string[] {
-  return [...previous, value];
-}
 
 export function register(program: Command): void {
   program

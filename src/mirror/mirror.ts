@@ -212,6 +212,30 @@ export class Mirror {
 
   // ---- blobs -----------------------------------------------------------------------------
 
+  /**
+   * Makes sure a blob is in the store, fetching it if needed, without a client to stream it
+   * to. Resolves true once stored (false when it could only pass through).
+   */
+  async ensureBlob(upstream: UpstreamConfig, repo: string, digest: string): Promise<boolean> {
+    const stored = await this.storedFor(upstream, repo, digest);
+    if (stored) {
+      stored.release();
+      this.index.touch(digest);
+      return true;
+    }
+    const flight = this.fetches.get(digest);
+    if (flight && flight.upstream === upstream.name && flight.repo === repo) {
+      return (await flight.started).finished;
+    }
+    const source = await this.blob(upstream, repo, digest);
+    if (source.kind === 'store') {
+      source.release();
+      return true;
+    }
+    const own = this.fetches.get(digest);
+    return own ? (await own.started).finished : this.index.getBlob(digest) !== undefined;
+  }
+
   /** Answers a blob HEAD without fetching the blob. */
   async blobHead(upstream: UpstreamConfig, repo: string, digest: string) {
     const stored = await this.storedFor(upstream, repo, digest);

@@ -1,6 +1,8 @@
 import { WharfError } from '../errors.js';
 import { parseDigest } from '../oci/digest.js';
-import { checkRepository, parseManifestRef, type ManifestRef } from '../oci/reference.js';
+import {
+  checkRepository, parseImageRef, parseManifestRef, type ManifestRef,
+} from '../oci/reference.js';
 import type { UpstreamConfig } from './config.js';
 
 export type Route =
@@ -45,6 +47,35 @@ export class Router {
       return { kind: 'manifest', upstream, repo: repository, ref: parseManifestRef(ref) };
     }
     return { kind: 'blob', upstream, repo: repository, digest: parseDigest(ref).value };
+  }
+
+  /**
+   * Resolves an image as users write it (`registry.example.io/ci/build:v1`, or with an
+   * upstream NAME as its registry) to a configured upstream, for pins.
+   */
+  forImage(image: string): { upstream: UpstreamConfig; repo: string; ref: ManifestRef } {
+    // An upstream NAME written as the registry ("corp/ci/build:v1") wins over host parsing.
+    const first = image.slice(0, Math.max(0, image.indexOf('/')));
+    const named = this.byName.get(first);
+    const ref = named
+      ? { ...parseImageRef(`wharf.invalid/${image.slice(first.length + 1)}`), registry: first }
+      : parseImageRef(image);
+    const upstream =
+      this.byName.get(ref.registry) ??
+      this.byHost.get(ref.registry) ??
+      nsAlias(ref.registry, this.byName);
+    if (!upstream) {
+      throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `registry ${ref.registry} of ${image} is not an upstream of this mirror`, {
+        hint: 'add the registry to the upstreams, or name the image by an upstream NAME',
+      });
+    }
+    let repo = ref.repository;
+    // parseImageRef adds Docker Hub's library/ only for docker.io itself.
+    if (ref.registry !== 'docker.io') repo = normalise(upstream, repo);
+    const manifestRef: ManifestRef = ref.digest
+      ? { kind: 'digest', digest: ref.digest }
+      : { kind: 'tag', tag: ref.tag ?? 'latest' };
+    return { upstream, repo, ref: manifestRef };
   }
 
   private pick(path: string, ns: string | null): { upstream: UpstreamConfig; repo: string } {

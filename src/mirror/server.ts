@@ -8,11 +8,13 @@ import { MirrorMetrics, type RequestKind } from './metrics.js';
 import { Mirror, type BlobSource } from './mirror.js';
 import { Router } from './routing.js';
 import { parseRange } from './range.js';
+import { Pinner } from './pinner.js';
 
 export interface RunningMirror {
   url: string;
   mirror: Mirror;
   metrics: MirrorMetrics;
+  pinner: Pinner;
   close(): Promise<void>;
 }
 
@@ -23,6 +25,7 @@ export async function startMirror(config: MirrorConfig, logger: Logger): Promise
   const metrics = new MirrorMetrics();
   const mirror = await Mirror.open(config, logger, metrics);
   const router = new Router(config.upstreams);
+  const pinner = new Pinner(mirror, router, mirror.index, logger);
   const server = createServer((req, res) => {
     handle(req, res, { mirror, router, metrics, logger }).catch((err) => {
       logger.error({ err: (err as Error).message }, 'request handler failed');
@@ -43,11 +46,23 @@ export async function startMirror(config: MirrorConfig, logger: Logger): Promise
     'mirror listening',
   );
 
+  // Pins are fetched in the background: the mirror serves what it has meanwhile.
+  try {
+    pinner.syncConfigPins(config.cache.pins);
+  } catch (err) {
+    server.close();
+    await mirror.close();
+    throw err;
+  }
+  pinner.start(config.tagTtlMs);
+
   return {
     url,
     mirror,
     metrics,
+    pinner,
     close: async () => {
+      await pinner.stop();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await mirror.close();

@@ -141,6 +141,9 @@ export class IndexDb {
       removePinnedBlobs: db.prepare('DELETE FROM pinned_blobs WHERE image = ?'),
       addPinnedBlob: db.prepare('INSERT OR IGNORE INTO pinned_blobs (image, digest) VALUES (?, ?)'),
       listPins: db.prepare<[], PinRow>('SELECT * FROM pins ORDER BY image'),
+      pinnedDigestsOf: db.prepare<[string], { digest: string }>(
+        'SELECT digest FROM pinned_blobs WHERE image = ?',
+      ),
       pinnedDigests: db.prepare<[], { digest: string }>('SELECT DISTINCT digest FROM pinned_blobs'),
       pinnedBytes: db.prepare<[], { total: number | null }>(
         `SELECT SUM(size) AS total FROM blobs
@@ -254,6 +257,10 @@ export class IndexDb {
       this.stmts.removePinnedBlobs.run(image);
       for (const d of digests) this.stmts.addPinnedBlob.run(image, d);
     })();
+  }
+
+  pinnedDigestsOf(image: string): string[] {
+    return this.stmts.pinnedDigestsOf.all(image).map((r) => r.digest);
   }
 
   pinnedDigests(): Set<string> {

@@ -1,0 +1,168 @@
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Command } from 'commander';
+import { collect } from './options.js';
+import { WharfError } from '../errors.js';
+import { silentLogger } from '../log.js';
+import { freeDisk } from '../mirror/cache.js';
+import { DEFAULTS, readConfigFile } from '../mirror/config.js';
+import { parseImageRef } from '../oci/reference.js';
+import { BlobStore } from '../store/blob-store.js';
+import { evict } from '../store/eviction.js';
+import type { IndexDb } from '../store/index-db.js';
+import { listTags, usage } from '../store/inventory.js';
+import { INDEX_FILE, openIndex, quarantine, verifyFile } from '../store/recovery.js';
+import { formatBytes, parseSize } from '../util/units.js';
+import { formatTable } from './table.js';
+
+interface DataFlags {
+  data?: string;
+  config?: string;
+  json?: boolean;
+}
+
+async function dataDir(flags: DataFlags): Promise<string> {
+  const file = flags.config ? await readConfigFile(flags.config) : {};
+  const dir = resolve(flags.data ?? file.data ?? DEFAULTS.data);
+  if (!existsSync(join(dir, INDEX_FILE)) && !existsSync(join(dir, 'blobs'))) {
+    throw new WharfError('WHARF_BAD_USAGE', `${dir} is not a wharf data folder`, {
+      hint: 'point --data (or --config) at the folder `wharf serve` uses',
+    });
+  }
+  return dir;
+}
+
+/** Opens the store of a data folder; SQLite's WAL lets this run beside a serving mirror. */
+async function withStore<T>(flags: DataFlags, fn: (index: IndexDb, store: BlobStore) => Promise<T>) {
+  const dir = await dataDir(flags);
+  const index = await openIndex(dir, silentLogger());
+  try {
+    return await fn(index, new BlobStore(dir));
+  } finally {
+    index.close();
+  }
+}
+
+const when = (ms: number) => (ms ? new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z') : '-');
+const out = (text: string): void => {
+  process.stdout.write(text);
+};
+
+function dataOptions(cmd: Command): Command {
+  return cmd
+    .option('-d, --data <dir>', `the mirror's data folder (default ${DEFAULTS.data})`)
+    .option('-c, --config <file>', 'take the data folder (and budget) from this config file');
+}
+
+export function register(program: Command): void {
+  const cache = program
+    .command('cache')
+    .description("Inspect and manage a mirror's store (works while the mirror runs)");
+
+  dataOptions(cache.command('ls').description('Cached tags: digest, size, last use, pinned'))
+    .option('--json', 'print JSON')
+    .action(async (flags: DataFlags) => {
+      const tags = await withStore(flags, async (index) => listTags(index));
+      if (flags.json) return out(JSON.stringify(tags, null, 2) + '\n');
+      out(formatTable(
+        ['IMAGE', 'DIGEST', 'SIZE', 'LAST USE', 'PINNED'],
+        tags.map((t) => [t.image, t.digest, formatBytes(t.size), when(t.lastUse), t.pinned ? 'yes' : '']),
+      ));
+    });
+
+  dataOptions(cache.command('du').description('Disk use of the store, by repository'))
+    .option('--json', 'print JSON')
+    .action(async (flags: DataFlags) => {
+      const result = await withStore(flags, async (index, store) => ({
+        ...usage(index),
+        freeDiskBytes: await freeDisk(store.root),
+      }));
+      if (flags.json) return out(JSON.stringify(result, null, 2) + '\n');
+      out(`${formatBytes(result.totalBytes)} in ${result.blobs} blobs and ${result.manifests} manifests; ` +
+        `${formatBytes(result.pinnedBytes)} pinned; ${formatBytes(result.freeDiskBytes)} free on disk\n`);
+      out(formatTable(
+        ['REPOSITORY', 'SIZE', 'BLOBS'],
+        result.byRepository.map((r) => [r.repository, formatBytes(r.bytes), String(r.blobs)]),
+      ));
+    });
+
+  dataOptions(cache.command('pin').argument('<image>', 'image by tag or digest, e.g. registry.example.io/ci/build:v1'))
+    .description('Keep an image in the store whatever the budget; the mirror fetches it and follows its tag')
+    .option('-p, --platform <os/arch>', 'keep only this platform of an index; repeatable', collect)
+    .action(async (image: string, flags: DataFlags & { platform?: string[] }) => {
+      parseImageRef(image);
+      await withStore(flags, async (index) => index.addPin(image, flags.platform, 'cli'));
+      out(`pinned ${image}; a running mirror fetches it within its tagTtl\n`);
+    });
+
+  dataOptions(cache.command('unpin').argument('<image>', 'an image given to `wharf cache pin`'))
+    .description('Stop keeping an image; its blobs become evictable')
+    .action(async (image: string, flags: DataFlags) => {
+      const removed = await withStore(flags, async (index) => index.removePin(image));
+      if (!removed) {
+        throw new WharfError('WHARF_BAD_USAGE', `${image} is not pinned`, {
+          hint: 'see the pinned images with `wharf cache ls`',
+        });
+      }
+      out(`unpinned ${image}\n`);
+    });
+
+  dataOptions(cache.command('verify').description('Rehash every blob; quarantine and name corrupt ones'))
+    .option('--json', 'print JSON')
+    .action(async (flags: DataFlags) => {
+      const report = await withStore(flags, (index, store) => verifyAll(index, store));
+      if (flags.json) out(JSON.stringify(report, null, 2) + '\n');
+      else {
+        for (const c of report.corrupt) out(`corrupt: ${c.digest} moved to ${c.movedTo}\n`);
+        for (const d of report.missing) out(`missing: ${d} (dropped from the index)\n`);
+        out(`verified ${report.checked} blobs: ${report.corrupt.length} corrupt, ${report.missing.length} missing\n`);
+      }
+      if (report.corrupt.length || report.missing.length) process.exitCode = 1;
+    });
+
+  dataOptions(cache.command('gc').description('Evict least recently used blobs down to the budget now'))
+    .option('--max-size <size>', 'the budget, e.g. 200GB (default: cache.maxSize of --config)')
+    .action(async (flags: DataFlags & { maxSize?: string }) => {
+      const file = flags.config ? await readConfigFile(flags.config) : {};
+      const budget = flags.maxSize ?? file.cache?.maxSize;
+      if (budget === undefined) {
+        throw new WharfError('WHARF_BAD_USAGE', 'no budget to collect down to', {
+          hint: 'give --max-size, or --config with cache.maxSize',
+        });
+      }
+      const max = parseSize(budget, '--max-size');
+      const result = await withStore(flags, async (index, store) => {
+        const over = index.totalSize() - max;
+        return evict(index, store, { bytes: Math.max(0, over) });
+      });
+      out(`evicted ${result.count} blobs, ${formatBytes(result.bytes)}\n`);
+    });
+
+  cache.addHelpText('after', `
+Examples:
+  wharf cache ls --data /var/lib/wharf
+  wharf cache du --json
+  wharf cache pin mcr.microsoft.com/windows/servercore:ltsc2022 --platform windows/amd64
+  wharf cache unpin mcr.microsoft.com/windows/servercore:ltsc2022
+  wharf cache verify
+  wharf cache gc --max-size 200GB`);
+}
+
+
+async function verifyAll(index: IndexDb, store: BlobStore) {
+  const report = { checked: 0, corrupt: [] as { digest: string; movedTo: string }[], missing: [] as string[] };
+  for (const row of index.allBlobs()) {
+    report.checked++;
+    const size = await store.size(row.digest);
+    if (size === undefined) {
+      index.deleteBlob(row.digest);
+      report.missing.push(row.digest);
+      continue;
+    }
+    if (size === row.size && (await verifyFile(store.path(row.digest), row.digest))) continue;
+    // Out of the index first, so a running mirror stops serving it, then out of the store.
+    index.deleteBlob(row.digest);
+    report.corrupt.push({ digest: row.digest, movedTo: await quarantine(store, row.digest) });
+  }
+  return report;
+}

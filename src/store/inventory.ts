@@ -1,0 +1,67 @@
+import type { IndexDb } from './index-db.js';
+
+export interface TagEntry {
+  /** `upstream/repo:tag` */
+  image: string;
+  digest: string;
+  /** Bytes stored for the image: manifest, child manifests, configs and layers. */
+  size: number;
+  lastUse: number;
+  confirmedAt: number;
+  pinned: boolean;
+}
+
+export interface Usage {
+  totalBytes: number;
+  blobs: number;
+  manifests: number;
+  pinnedBytes: number;
+  byRepository: { repository: string; bytes: number; blobs: number }[];
+}
+
+/** What `wharf cache ls` shows: every cached tag with the bytes it holds and its last use. */
+export function listTags(index: IndexDb): TagEntry[] {
+  const pinned = index.pinnedDigests();
+  const sizeOf = index.db.prepare<[string], { size: number; last: number }>(
+    `WITH RECURSIVE tree(digest) AS (
+       SELECT ? UNION SELECT r.child FROM refs r JOIN tree t ON r.parent = t.digest
+     )
+     SELECT COALESCE(SUM(b.size), 0) AS size, COALESCE(MAX(b.last_access), 0) AS last
+     FROM blobs b WHERE b.digest IN (SELECT digest FROM tree)`,
+  );
+  return index.tags().map((t) => {
+    const { size, last } = sizeOf.get(t.digest) ?? { size: 0, last: 0 };
+    return {
+      image: `${t.upstream}/${t.repo}:${t.tag}`,
+      digest: t.digest,
+      size,
+      lastUse: last,
+      confirmedAt: t.confirmed_at,
+      pinned: pinned.has(t.digest),
+    };
+  });
+}
+
+/** What `wharf cache du` shows. */
+export function usage(index: IndexDb): Usage {
+  const totals = index.db
+    .prepare<[], { bytes: number | null; blobs: number; manifests: number | null }>(
+      `SELECT SUM(size) AS bytes, COUNT(*) AS blobs,
+              SUM(CASE WHEN media_type IS NULL THEN 0 ELSE 1 END) AS manifests FROM blobs`,
+    )
+    .get()!;
+  const byRepository = index.db
+    .prepare<[], { repository: string; bytes: number; blobs: number }>(
+      `SELECT r.upstream || '/' || r.repo AS repository, SUM(b.size) AS bytes, COUNT(*) AS blobs
+       FROM blob_repos r JOIN blobs b ON b.digest = r.digest
+       GROUP BY r.upstream, r.repo ORDER BY bytes DESC`,
+    )
+    .all();
+  return {
+    totalBytes: totals.bytes ?? 0,
+    blobs: totals.blobs - (totals.manifests ?? 0),
+    manifests: totals.manifests ?? 0,
+    pinnedBytes: index.pinnedBytes(),
+    byRepository,
+  };
+}
