@@ -43,9 +43,9 @@ export class CacheManager {
     clearInterval(this.timer);
   }
 
-  /** Waits for an eviction in progress, so the index can close under no one. */
+  /** Waits until no eviction runs, so the index can close under no one. */
   async idle(): Promise<void> {
-    await this.running?.catch(() => undefined);
+    while (this.running) await this.running.catch(() => undefined);
   }
 
   get size(): number {
@@ -125,6 +125,11 @@ export class CacheManager {
       .finally(() => {
         this.running = undefined;
       });
+    // Blobs stored while this pass ran may have pushed the store over again; another pass
+    // follows as long as passes free something (pinned or busy blobs may make it impossible).
+    void this.running.then((result) => {
+      if (result.count > 0 && this.overBudget()) setImmediate(() => void this.gc());
+    }, () => undefined);
     return this.running;
   }
 

@@ -1,0 +1,265 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { request } from 'undici';
+import { startFaultyOrigin, type FaultyOrigin } from './helpers/faulty-origin.js';
+import { buildImage, type BuiltImage } from './helpers/images.js';
+import { pushLayout } from './helpers/push.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
+import { skopeoCopy } from './helpers/skopeo.js';
+import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
+import { waitUntil } from './helpers/wait.js';
+import { get, metric, startTestMirror } from './support/mirror.js';
+import { startMirrorProcess } from './support/mirror-process.js';
+import { BlobStore } from '../src/store/blob-store.js';
+import { verifyFile } from '../src/store/recovery.js';
+import type { RunningMirror } from '../src/mirror/server.js';
+
+const run = promisify(execFile);
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+async function download(url: string): Promise<Buffer> {
+  const res = await request(url);
+  const body = Buffer.from(await res.body.arrayBuffer());
+  assert.equal(res.statusCode, 200, `${url}: ${body.toString().slice(0, 200)}`);
+  return body;
+}
+
+/** Pulls an image the way a client does: manifest by tag, then config and layers. */
+async function pull(mirrorUrl: string, name: string, image: BuiltImage): Promise<void> {
+  const manifest = await download(`${mirrorUrl}/v2/${name}/manifests/${image.tag}`);
+  assert.equal(sha256(manifest), image.digest);
+  for (const blob of [image.config, ...image.layers]) {
+    assert.equal(sha256(await download(`${mirrorUrl}/v2/${name}/blobs/${blob.digest}`)), blob.digest);
+  }
+}
+
+/** Sum of the committed blob files, straight from the disk. */
+async function bytesOnDisk(data: string): Promise<number> {
+  const store = new BlobStore(data);
+  let total = 0;
+  for await (const digest of store.list()) total += (await stat(store.path(digest))).size;
+  return total;
+}
+
+describe('the store stays within its budget and keeps pinned images', () => {
+  let registry: Registry;
+  const images: BuiltImage[] = [];
+
+  before(async () => {
+    registry = await startRegistry({ logLevel: 'error' });
+    const dir = await makeTempDir('imgs');
+    for (let i = 0; i < 8; i++) {
+      const image = await buildImage(join(dir, `img${i}`), { layers: [250_000, 150_000], tag: 'v1' });
+      await pushLayout(registry.url, `ci/img${i}`, 'v1', image.dir);
+      images.push(image);
+    }
+  });
+  after(cleanupAll);
+
+  test('churning through several times the budget keeps the store under it, pins intact', async () => {
+    const maxSize = 1_300_000;
+    const data = join(await makeTempDir('churn'), 'data');
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${registry.url}`],
+      data,
+      tweak: (c) => {
+        c.cache.maxSizeBytes = maxSize;
+        c.cache.pins = [{ image: 'origin/ci/img0:v1' }];
+      },
+    });
+    const pinned = images[0]!;
+    const pinnedDigests = [pinned.digest, pinned.config.digest, ...pinned.layers.map((l) => l.digest)];
+    await waitUntil(
+      () => pinnedDigests.every((d) => mirror.mirror.index.getBlob(d)),
+      { what: 'the pinned image to be fetched at start-up' },
+    );
+
+    for (let round = 0; round < 3; round++) {
+      for (let i = 1; i < images.length; i++) {
+        await pull(mirror.url, `origin/ci/img${i}`, images[i]!);
+        await waitUntil(() => mirror.mirror.cache.size <= maxSize, {
+          what: `the store to get back under ${maxSize} bytes`,
+        });
+      }
+    }
+    assert.ok(mirror.mirror.index.totalSize() <= maxSize);
+    assert.equal(await bytesOnDisk(data), mirror.mirror.index.totalSize());
+    for (const d of pinnedDigests) assert.ok(mirror.mirror.index.getBlob(d), `pinned ${d} evicted`);
+    assert.ok((await metric(mirror.url, 'wharf_evictions_total')) > 10);
+    assert.ok((await metric(mirror.url, 'wharf_pinned_bytes')) >= pinned.totalSize - 1000);
+
+    // Evicted images lose their manifests and tags too; nothing dangles.
+    const evicted = images.slice(1).filter((img) => !mirror.mirror.index.getBlob(img.layers[0]!.digest));
+    assert.ok(evicted.length > 0);
+    for (const img of evicted) assert.equal(mirror.mirror.index.getBlob(img.digest), undefined);
+
+    // And a pinned image is still a hit.
+    const hits = await metric(mirror.url, 'wharf_requests_total', { kind: 'blob', outcome: 'hit' });
+    await pull(mirror.url, 'origin/ci/img0', pinned);
+    assert.equal(
+      await metric(mirror.url, 'wharf_requests_total', { kind: 'blob', outcome: 'hit' }),
+      hits + 3,
+    );
+  });
+
+  test('a pinned tag that moves is fetched again before anyone asks', async () => {
+    const data = join(await makeTempDir('pin-move'), 'data');
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${registry.url}`],
+      data,
+      tagTtlMs: 200,
+      tweak: (c) => (c.cache.pins = [{ image: 'origin/ci/moving:v1' }]),
+    });
+    const first = images[1]!;
+    await pushLayout(registry.url, 'ci/moving', 'v1', first.dir, { layoutTag: 'v1' });
+    await waitUntil(() => mirror.mirror.index.getBlob(first.layers[0]!.digest), {
+      what: 'the first version to be fetched',
+    });
+    const next = await buildImage(join(await makeTempDir('next'), 'next'), { layers: [100_000], tag: 'v1' });
+    await pushLayout(registry.url, 'ci/moving', 'v1', next.dir);
+    await waitUntil(() => mirror.mirror.index.getBlob(next.layers[0]!.digest), {
+      what: 'the moved tag to be fetched',
+    });
+    await waitUntil(() => !mirror.mirror.index.pinnedDigests().has(first.layers[0]!.digest), {
+      what: 'the old version to be released',
+    });
+  });
+});
+
+describe('a full disk never fails a pull', () => {
+  let origin: FaultyOrigin;
+  let big: BuiltImage;
+  let mountPoint: string;
+
+  before(async () => {
+    const registry = await startRegistry({ logLevel: 'error' });
+    big = await buildImage(join(await makeTempDir('big'), 'big'), { layers: [6_000_000, 3_000_000], tag: 'v1' });
+    await pushLayout(registry.url, 'ci/big', 'v1', big.dir);
+    origin = await startFaultyOrigin(registry.url);
+    mountPoint = await makeTempDir('tmpfs');
+    // A small filesystem of its own: ENOSPC comes mid-write, as on a real full disk.
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mountPoint]);
+    registerCleanup(() => run('umount', ['-l', mountPoint]).catch(() => undefined));
+  });
+  after(cleanupAll);
+
+  test('ENOSPC in the middle of a blob: clients get every byte, no partial blob is left', async () => {
+    const data = join(mountPoint, 'data');
+    await mkdir(data, { recursive: true });
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${origin.url}`],
+      data,
+      // No floor, so the write really runs into ENOSPC.
+      tweak: (c) => (c.cache.minFreeDiskBytes = 0),
+    });
+    const layer = big.layers[0]!;
+    // Slow enough that several clients share the fetch when the disk fills up.
+    origin.slowBlob(layer.digest, 8_000_000);
+    const url = `${mirror.url}/v2/origin/ci/big/blobs/${layer.digest}`;
+    const bodies = await Promise.all([download(url), download(url), download(url)]);
+    for (const body of bodies) assert.equal(sha256(body), layer.digest);
+    assert.ok((await metric(mirror.url, 'wharf_pass_through_fetches_total')) >= 1);
+    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
+    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
+      what: 'the temp folder to be empty',
+    });
+    assert.equal(await bytesOnDisk(data), mirror.mirror.index.totalSize());
+    await mirror.close();
+  });
+
+  test('below the free-disk floor new blobs pass through unstored and the pull works', async () => {
+    const data = join(mountPoint, 'floor');
+    await mkdir(data, { recursive: true });
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${origin.url}`],
+      data,
+      tweak: (c) => (c.cache.minFreeDiskBytes = 3_500_000),
+    });
+    origin.clearFaults();
+    await pull(mirror.url, 'origin/ci/big', big);
+    assert.equal(mirror.mirror.index.getBlob(big.layers[0]!.digest), undefined);
+    assert.ok((await metric(mirror.url, 'wharf_pass_through_fetches_total')) >= 1);
+    await mirror.close();
+  });
+});
+
+describe('crash safety and recovery', () => {
+  let registry: Registry;
+  let origin: FaultyOrigin;
+  let image: BuiltImage;
+
+  before(async () => {
+    registry = await startRegistry({ logLevel: 'error' });
+    image = await buildImage(join(await makeTempDir('img'), 'app'), {
+      layers: [3_000_000, 2_000_000, 1_000_000],
+      tag: 'v1',
+    });
+    await pushLayout(registry.url, 'ci/app', 'v1', image.dir);
+    origin = await startFaultyOrigin(registry.url);
+  });
+  after(cleanupAll);
+
+  test('kill -9 during concurrent cold pulls, then a restart serves nothing partial', async () => {
+    const dir = await makeTempDir('crash');
+    const data = join(dir, 'data');
+    const args = ['--data', data, '--upstream', `origin=${origin.url}`, '--log-level', 'warn'];
+    for (const layer of image.layers) origin.slowBlob(layer.digest, 2_000_000);
+    const first = await startMirrorProcess(dir, args);
+    const base = `${first.url}/v2/origin/ci/app`;
+    const pulls = [...image.layers, ...image.layers].map((l) =>
+      request(`${base}/blobs/${l.digest}`).then((r) => r.body.arrayBuffer()).catch(() => undefined),
+    );
+    await waitUntil(() => origin.blobBytesSent(image.layers[0]!.digest) > 500_000, {
+      what: 'the fetches to be under way',
+    });
+    process.kill(first.process.pid, 'SIGKILL');
+    await first.process.exited;
+    await Promise.all(pulls);
+
+    origin.clearFaults();
+    const second = await startMirrorProcess(dir, args);
+    assert.deepEqual(await readdir(join(data, 'tmp')), []);
+    const store = new BlobStore(data);
+    for await (const digest of store.list()) {
+      assert.ok(await verifyFile(store.path(digest), digest), `${digest} is not what it claims`);
+    }
+    const out = await makeTempDir('copy');
+    await skopeoCopy(`docker://${new URL(second.url).host}/origin/ci/app:v1`, `oci:${out}:v1`);
+    for (const layer of image.layers) {
+      const copied = await import('node:fs/promises').then((fs) =>
+        fs.readFile(join(out, 'blobs', 'sha256', layer.digest.slice(7))),
+      );
+      assert.equal(sha256(copied), layer.digest);
+    }
+    await second.process.stop();
+  });
+
+  test('a removed or corrupt index is rebuilt from the blob folder', async () => {
+    const dir = await makeTempDir('reindex');
+    const data = join(dir, 'data');
+    let mirror: RunningMirror = await startTestMirror({ upstreams: [`origin=${origin.url}`], data });
+    await pull(mirror.url, 'origin/ci/app', image);
+    const stored = mirror.mirror.index.totalSize();
+    await mirror.close();
+
+    for (const damage of ['remove', 'corrupt'] as const) {
+      for (const f of ['index.db', 'index.db-wal', 'index.db-shm']) await rm(join(data, f), { force: true });
+      if (damage === 'corrupt') await writeFile(join(data, 'index.db'), 'this is not a database '.repeat(100));
+      mirror = await startTestMirror({ upstreams: [`origin=${origin.url}`], data });
+      assert.equal(mirror.mirror.index.totalSize(), stored, damage);
+      // The blobs come back from the store: the origin is asked which repository has them
+      // (HEAD) but sends no blob again.
+      origin.resetCounters();
+      await pull(mirror.url, 'origin/ci/app', image);
+      assert.equal(origin.count('GET', /\/blobs\//), 0, damage);
+      const manifest = await get(`${mirror.url}/v2/origin/ci/app/manifests/${image.digest}`);
+      assert.equal(manifest.headers['content-type'], image.mediaType);
+      await mirror.close();
+    }
+  });
+});
