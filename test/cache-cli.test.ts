@@ -1,0 +1,112 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { buildImage, type BuiltImage } from './helpers/images.js';
+import { pushLayout } from './helpers/push.js';
+import { startRegistry } from './helpers/registry.js';
+import { cleanupAll, makeTempDir } from './helpers/tmp.js';
+import { get, startTestMirror } from './support/mirror.js';
+import type { RunningMirror } from '../src/mirror/server.js';
+
+const execFileP = promisify(execFile);
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** Runs `wharf ARGS` and returns its exit code and output, failing or not. */
+async function wharf(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileP(process.execPath, ['--import', 'tsx', MAIN, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('wharf cache commands on a running mirror', () => {
+  let mirror: RunningMirror;
+  let data: string;
+  const images: BuiltImage[] = [];
+
+  before(async () => {
+    const registry = await startRegistry({ logLevel: 'error' });
+    const dir = await makeTempDir('imgs');
+    for (const name of ['alpha', 'beta']) {
+      const image = await buildImage(join(dir, name), { layers: [200_000, 100_000], tag: 'v1' });
+      await pushLayout(registry.url, `team/${name}`, 'v1', image.dir);
+      images.push(image);
+    }
+    data = join(await makeTempDir('data'), 'store');
+    mirror = await startTestMirror({ upstreams: [`origin=${registry.url}`], data });
+    for (const [i, name] of ['alpha', 'beta'].entries()) {
+      const base = `${mirror.url}/v2/origin/team/${name}`;
+      await get(`${base}/manifests/v1`);
+      for (const b of [images[i]!.config, ...images[i]!.layers]) await get(`${base}/blobs/${b.digest}`);
+    }
+  });
+  after(cleanupAll);
+
+  test('ls lists every cached tag with its digest and size', async () => {
+    const { code, stdout } = await wharf(['cache', 'ls', '--data', data, '--json']);
+    assert.equal(code, 0);
+    const tags = JSON.parse(stdout) as { image: string; digest: string; size: number }[];
+    assert.deepEqual(tags.map((t) => t.image), ['origin/team/alpha:v1', 'origin/team/beta:v1']);
+    assert.equal(tags[0]!.digest, images[0]!.digest);
+    assert.equal(tags[0]!.size, images[0]!.totalSize);
+    const human = await wharf(['cache', 'ls', '--data', data]);
+    assert.match(human.stdout, /origin\/team\/alpha:v1\s+sha256:/);
+  });
+
+  test('du adds up the store by repository', async () => {
+    const { stdout } = await wharf(['cache', 'du', '--data', data, '--json']);
+    const du = JSON.parse(stdout) as { totalBytes: number; byRepository: { repository: string }[] };
+    assert.equal(du.totalBytes, images[0]!.totalSize + images[1]!.totalSize);
+    assert.deepEqual(du.byRepository.map((r) => r.repository).sort(), ['origin/team/alpha', 'origin/team/beta']);
+  });
+
+  test('pin and unpin record the image for the mirror, which fetches and holds it', async () => {
+    assert.equal((await wharf(['cache', 'pin', 'origin/team/beta:v1', '--data', data])).code, 0);
+    await mirror.pinner.refresh();
+    assert.ok(mirror.mirror.index.pinnedDigests().has(images[1]!.layers[0]!.digest));
+    const unpinned = await wharf(['cache', 'unpin', 'origin/team/beta:v1', '--data', data]);
+    assert.equal(unpinned.code, 0);
+    assert.equal(mirror.mirror.index.pinnedDigests().size, 0);
+    const again = await wharf(['cache', 'unpin', 'origin/team/beta:v1', '--data', data]);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /not pinned/);
+  });
+
+  test('verify finds a corrupted blob, quarantines it and says which; the mirror refetches it', async () => {
+    const layer = images[0]!.layers[1]!;
+    const path = mirror.mirror.store.path(layer.digest);
+    await writeFile(path, Buffer.alloc(layer.size, 7));
+    const { code, stdout } = await wharf(['cache', 'verify', '--data', data]);
+    assert.equal(code, 1);
+    assert.match(stdout, new RegExp(`corrupt: ${layer.digest}`));
+    assert.equal((await readdir(join(data, 'quarantine'))).length, 1);
+    const res = await get(`${mirror.url}/v2/origin/team/alpha/blobs/${layer.digest}`);
+    assert.equal(sha256(res.body), layer.digest);
+    assert.equal((await wharf(['cache', 'verify', '--data', data])).code, 0);
+  });
+
+  test('gc evicts down to the budget it is given', async () => {
+    const budget = images[1]!.totalSize + 1000;
+    const { code, stdout } = await wharf(['cache', 'gc', '--data', data, '--max-size', String(budget)]);
+    assert.equal(code, 0, stdout);
+    assert.match(stdout, /evicted \d+ blobs/);
+    assert.ok(mirror.mirror.index.totalSize() <= budget);
+  });
+
+  test('commands refuse a folder that is not a data folder, with a hint', async () => {
+    const empty = await makeTempDir('empty');
+    const { code, stderr } = await wharf(['cache', 'ls', '--data', empty]);
+    assert.equal(code, 2);
+    assert.match(stderr, /WHARF_BAD_USAGE/);
+    assert.match(stderr, /hint:/);
+  });
+});
