@@ -1,3 +1,4 @@
+import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { children, parseManifest, type Descriptor } from '../oci/manifest.js';
 import type { IndexDb } from '../store/index-db.js';
@@ -28,6 +29,7 @@ function wanted(d: Descriptor, platforms: string[] | undefined): boolean {
 export class Pinner {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
+  private stopped = false;
 
   constructor(
     private readonly mirror: Mirror,
@@ -38,6 +40,15 @@ export class Pinner {
 
   /** Records the config file's pins, replacing those an earlier config had. */
   syncConfigPins(pins: PinSpec[]): void {
+    for (const pin of pins) {
+      try {
+        this.router.forImage(pin.image);
+      } catch (err) {
+        throw new WharfError('WHARF_CONFIG_INVALID', `cache.pin: ${(err as Error).message}`, {
+          hint: (err as WharfError).hint,
+        });
+      }
+    }
     const keep = new Set(pins.map((p) => p.image));
     for (const row of this.index.listPins()) {
       if (row.origin === 'config' && !keep.has(row.image)) this.index.removePin(row.image);
@@ -51,7 +62,9 @@ export class Pinner {
     this.timer.unref();
   }
 
+  /** Stops refreshing; a refresh under way finishes the blob it is on and goes no further. */
   async stop(): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
     await this.running;
   }
@@ -66,6 +79,7 @@ export class Pinner {
 
   private async refreshAll(): Promise<void> {
     for (const pin of this.index.listPins()) {
+      if (this.stopped) return;
       const platforms = pin.platforms ? (JSON.parse(pin.platforms) as string[]) : undefined;
       try {
         const { upstream, repo, held } = await this.resolve(pin.image, platforms);
@@ -110,7 +124,7 @@ export class Pinner {
   private async fetchAll(upstream: UpstreamConfig, repo: string, digests: string[]): Promise<void> {
     const queue = [...new Set(digests)];
     const worker = async () => {
-      for (let d = queue.shift(); d; d = queue.shift()) {
+      for (let d = queue.shift(); d && !this.stopped; d = queue.shift()) {
         await this.mirror.ensureBlob(upstream, repo, d);
       }
     };
