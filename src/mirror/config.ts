@@ -175,7 +175,9 @@ function parseUpstream(
 function parseUpstreamFlag(value: string, env: NodeJS.ProcessEnv): UpstreamConfig {
   const m = /^([a-z0-9._-]+)=(.+)$/.exec(value);
   const entry = m ? { name: m[1], url: m[2]! } : { url: value };
-  return parseUpstream(entry, `--upstream ${value}`, env);
+  // The flag's value is named in errors, so credentials wrongly put in it are blanked first.
+  const shown = value.replace(/\/\/[^/@]*@/, '//***@');
+  return parseUpstream(entry, `--upstream ${shown}`, env);
 }
 
 function finishUpstreams(upstreams: UpstreamConfig[], option: string): UpstreamConfig[] {

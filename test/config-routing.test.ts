@@ -1,0 +1,151 @@
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { isWharfError } from '../src/errors.js';
+import { loadMirrorConfig, PUBLIC_UPSTREAMS } from '../src/mirror/config.js';
+import { parseRange } from '../src/mirror/range.js';
+import { Router } from '../src/mirror/routing.js';
+import { parseImageRef } from '../src/oci/reference.js';
+import { parseChallenge } from '../src/upstream/challenge.js';
+import { cleanupAll, makeTempDir } from './helpers/tmp.js';
+
+after(cleanupAll);
+
+async function configFile(text: string): Promise<string> {
+  const path = join(await makeTempDir('config'), 'mirror.yaml');
+  await writeFile(path, text);
+  return path;
+}
+
+function rejectsWith(code: string, pattern: RegExp) {
+  return (err: unknown) => isWharfError(err) && err.code === code && pattern.test(err.message);
+}
+
+describe('configuration', () => {
+  test('with no upstream given, the public registries are configured, docker.io the default', async () => {
+    const config = await loadMirrorConfig({});
+    assert.deepEqual(config.upstreams.map((u) => u.name), PUBLIC_UPSTREAMS.map((u) => u.name));
+    assert.equal(config.upstreams.find((u) => u.default)?.name, 'docker.io');
+    assert.deepEqual(config.listen, { host: '127.0.0.1', port: 5000 });
+    assert.equal(config.tagTtlMs, 60_000);
+  });
+
+  test('an upstream URL with a port gets the name host_port', async () => {
+    const config = await loadMirrorConfig({ upstream: ['http://127.0.0.1:5001', 'corp=https://r.example.io'] });
+    assert.deepEqual(config.upstreams.map((u) => u.name), ['127.0.0.1_5001', 'corp']);
+  });
+
+  test('an unknown key is refused with its path named', async () => {
+    const path = await configFile('upstreams:\n  - url: https://r.example.io\n    pasword: x\n');
+    await assert.rejects(loadMirrorConfig({ config: path }), rejectsWith('WHARF_CONFIG_INVALID', /upstreams\.0\.pasword: unknown key/));
+    const top = await configFile('tagTTL: 5s\n');
+    await assert.rejects(loadMirrorConfig({ config: top }), rejectsWith('WHARF_CONFIG_INVALID', /tagTTL: unknown key/));
+    const nested = await configFile('cache:\n  maxsize: 1GB\n');
+    await assert.rejects(loadMirrorConfig({ config: nested }), rejectsWith('WHARF_CONFIG_INVALID', /cache\.maxsize/));
+  });
+
+  test('bad values name the option and say what is expected', async () => {
+    await assert.rejects(loadMirrorConfig({ listen: 'nowhere' }), rejectsWith('WHARF_CONFIG_INVALID', /--listen/));
+    await assert.rejects(
+      loadMirrorConfig({ upstream: ['https://user:pw@r.example.io'] }),
+      (err: unknown) => isWharfError(err, 'WHARF_CONFIG_INVALID') && !err.message.includes('pw'),
+    );
+    const ttl = await configFile('tagTtl: soon\n');
+    await assert.rejects(loadMirrorConfig({ config: ttl }), rejectsWith('WHARF_CONFIG_INVALID', /tagTtl/));
+    const size = await configFile('cache:\n  maxSize: lots\n');
+    await assert.rejects(loadMirrorConfig({ config: size }), rejectsWith('WHARF_CONFIG_INVALID', /cache\.maxSize/));
+    const two = await configFile('upstreams:\n  - {url: https://a.example.io, default: true}\n  - {url: https://b.example.io, default: true}\n');
+    await assert.rejects(loadMirrorConfig({ config: two }), rejectsWith('WHARF_CONFIG_INVALID', /only one upstream/));
+  });
+
+  test('a password can come from an environment variable', async () => {
+    process.env.WHARF_TEST_PW = 'from-env';
+    const path = await configFile('upstreams:\n  - url: https://r.example.io\n    username: u\n    passwordEnv: WHARF_TEST_PW\n');
+    const config = await loadMirrorConfig({ config: path });
+    assert.deepEqual(config.upstreams[0]!.credentials, { username: 'u', password: 'from-env' });
+    delete process.env.WHARF_TEST_PW;
+  });
+});
+
+describe('routing', () => {
+  const router = new Router([
+    { name: 'docker.io', url: 'https://registry-1.docker.io', default: false },
+    { name: 'registry.example.io', url: 'https://registry.example.io', default: false },
+    { name: '127.0.0.1_5001', url: 'http://127.0.0.1:5001', default: false },
+  ]);
+
+  test('the first path component names the upstream', () => {
+    const r = router.resolve('/v2/registry.example.io/ci/build/manifests/v1', null);
+    assert.equal(r.kind, 'manifest');
+    if (r.kind !== 'manifest') return;
+    assert.equal(r.upstream.name, 'registry.example.io');
+    assert.equal(r.repo, 'ci/build');
+    assert.deepEqual(r.ref, { kind: 'tag', tag: 'v1' });
+  });
+
+  test('?ns= picks the upstream by name or by its URL host and port', () => {
+    const byHost = router.resolve('/v2/ci/build/blobs/sha256:' + 'a'.repeat(64), '127.0.0.1:5001');
+    assert.equal(byHost.kind === 'blob' && byHost.upstream.name, '127.0.0.1_5001');
+    const byName = router.resolve('/v2/ci/build/manifests/v1', 'registry.example.io');
+    assert.equal(byName.kind === 'manifest' && byName.upstream.name, 'registry.example.io');
+  });
+
+  test('no name and no ?ns= goes to docker.io, with library/ for official images', () => {
+    const r = router.resolve('/v2/alpine/manifests/3.20', null);
+    assert.equal(r.kind === 'manifest' && r.upstream.name, 'docker.io');
+    assert.equal(r.kind === 'manifest' && r.repo, 'library/alpine');
+  });
+
+  test('a ?ns= naming no configured upstream is NAME_UNKNOWN, never a new upstream', () => {
+    assert.throws(() => router.resolve('/v2/ci/build/manifests/v1', 'evil.example.com'),
+      (err: unknown) => isWharfError(err, 'WHARF_UPSTREAM_UNKNOWN'));
+  });
+
+  test('without docker.io or a default, a bare path is NAME_UNKNOWN', () => {
+    const only = new Router([{ name: 'corp', url: 'https://r.corp.example', default: false }]);
+    assert.throws(() => only.resolve('/v2/ci/build/manifests/v1', null),
+      (err: unknown) => isWharfError(err, 'WHARF_UPSTREAM_UNKNOWN'));
+  });
+
+  test('pins name images by registry host or by upstream name', () => {
+    assert.equal(router.forImage('registry.example.io/ci/build:v1').upstream.name, 'registry.example.io');
+    assert.equal(router.forImage('127.0.0.1_5001/ci/build:v1').repo, 'ci/build');
+    assert.equal(router.forImage('127.0.0.1:5001/ci/build:v1').upstream.name, '127.0.0.1_5001');
+    assert.equal(router.forImage('alpine').repo, 'library/alpine');
+  });
+});
+
+describe('parsers', () => {
+  test('image references', () => {
+    assert.deepEqual(parseImageRef('alpine'), { registry: 'docker.io', repository: 'library/alpine', tag: 'latest' });
+    assert.deepEqual(parseImageRef('localhost:5000/a/b:1.0'), { registry: 'localhost:5000', repository: 'a/b', tag: '1.0' });
+    const digest = `sha256:${'b'.repeat(64)}`;
+    assert.deepEqual(parseImageRef(`r.example.io/x@${digest}`), { registry: 'r.example.io', repository: 'x', digest });
+    for (const bad of ['', 'UPPER/case', 'a b', 'x@sha256:12', 'x:-tag']) {
+      assert.throws(() => parseImageRef(bad), (e: unknown) => isWharfError(e));
+    }
+  });
+
+  test('Range headers', () => {
+    assert.deepEqual(parseRange('bytes=0-9', 100), { start: 0, end: 10 });
+    assert.deepEqual(parseRange('bytes=90-', 100), { start: 90, end: 100 });
+    assert.deepEqual(parseRange('bytes=-5', 100), { start: 95, end: 100 });
+    assert.deepEqual(parseRange('bytes=50-500', 100), { start: 50, end: 100 });
+    assert.equal(parseRange('bytes=0-1,5-6', 100), undefined);
+    assert.equal(parseRange('bytes=0-9', undefined), undefined);
+    assert.throws(() => parseRange('bytes=100-', 100), (e: unknown) => isWharfError(e, 'WHARF_RANGE_INVALID'));
+  });
+
+  test('WWW-Authenticate challenges', () => {
+    assert.deepEqual(
+      parseChallenge('Bearer realm="https://auth.example.io/token",service="registry.example.io",scope="repository:a/b:pull,push"'),
+      {
+        scheme: 'bearer',
+        params: { realm: 'https://auth.example.io/token', service: 'registry.example.io', scope: 'repository:a/b:pull,push' },
+      },
+    );
+    assert.deepEqual(parseChallenge('Basic realm=registry'), { scheme: 'basic', params: { realm: 'registry' } });
+    assert.equal(parseChallenge(undefined), undefined);
+  });
+});
