@@ -74,6 +74,7 @@ export class BlobFetch extends EventEmitter {
   /** Whether a client wanting bytes from `pos` on can still be served by this fetch. */
   canServeFrom(pos: number): boolean {
     if (this.state === 'failed') return false;
+    if (this.writer) return true;
     if (pos < this.fileBytes) return this.memoryStart === this.fileBytes;
     return pos >= this.memoryStart;
   }

@@ -202,6 +202,12 @@ async function sendBlob(
     });
     try {
       await pipeline(stream, res);
+    } catch (err) {
+      // A client that goes away mid-blob is routine (a cancelled pull), not a server error.
+      if (!res.destroyed || (err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
+        ctx.logger.warn({ digest: source.digest, err: (err as Error).message }, 'blob response failed');
+      }
+      res.destroy();
     } finally {
       ctx.metrics.servedBytes.inc({ source: 'store' }, sent);
     }
