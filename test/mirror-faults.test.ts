@@ -186,6 +186,23 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(m.mirror.index.getBlob(image.digest), undefined);
   });
 
+  test('a tag is revalidated with one HEAD at most once per tagTtl', async () => {
+    const m = await startTestMirror({ upstreams: [`origin=${origin.url}`], tagTtlMs: 400 });
+    const url = `${m.url}/v2/origin/ci/app/manifests/v1`;
+    await get(url);
+    origin.resetCounters();
+    for (let i = 0; i < 5; i++) assert.equal((await get(url)).status, 200);
+    assert.equal(origin.requests.length, 0, 'asked the origin within tagTtl');
+    await new Promise((r) => setTimeout(r, 450));
+    await get(url);
+    await get(url);
+    assert.deepEqual(
+      origin.requests.map((r) => `${r.method} ${r.path}`),
+      ['HEAD /v2/ci/app/manifests/v1'],
+    );
+    assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'revalidated' }), 1);
+  });
+
   test('the mirror starts and serves its store while the origin is down', async () => {
     await get(`${base}/manifests/v1`);
     await mirror.close();

@@ -119,6 +119,29 @@ describe('the mirror serves the pull API from its upstreams', () => {
     }
   });
 
+  test('an OCI index and its OCI manifests come out byte for byte with their media types', async () => {
+    const dir = await makeTempDir('oci-index');
+    const index = await buildIndex(
+      join(dir, 'multi'),
+      [
+        { layers: [10_000], os: 'linux', architecture: 'amd64' },
+        { layers: [10_000], os: 'linux', architecture: 'arm64', variant: 'v8' },
+        { layers: [10_000], os: 'windows', osVersion: '10.0.20348.2227' },
+      ],
+      { format: 'oci', tag: 'multi' },
+    );
+    await pushLayout(origin.url, 'ci/multi', 'multi', index.dir);
+    const base = `${mirror.url}/v2/${origin.host.replace(':', '_')}/ci/multi`;
+    const top = await get(`${base}/manifests/multi`);
+    assert.deepEqual(top.body, index.bytes);
+    assert.equal(top.headers['content-type'], 'application/vnd.oci.image.index.v1+json');
+    for (const child of index.images) {
+      const res = await get(`${base}/manifests/${child.digest}`);
+      assert.deepEqual(res.body, child.bytes);
+      assert.equal(res.headers['content-type'], 'application/vnd.oci.image.manifest.v1+json');
+    }
+  });
+
   test('a second pull of a cached tag is a hit and does not ask the origin again', async () => {
     const url = `${mirror.url}/v2/${origin.host.replace(':', '_')}/ci/app/manifests/v1`;
     const before = await metric(mirror.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'hit' });
