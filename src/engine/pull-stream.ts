@@ -78,8 +78,9 @@ export class PullStream {
     if (status.startsWith('Status: ')) this.status = status.slice('Status: '.length).trim();
     if (!message.id || status.startsWith('Pulling from')) return true;
     this.layerUpdate(message.id, status, message.progressDetail);
-    // The engine counts down its own retries once a second: lines, but not progress.
-    return !status.startsWith('Retrying') && status !== 'Waiting';
+    // `Retrying in N seconds` counts as life: the engine is about to fetch the layer again
+    // (five attempts at most), and cutting it now would only start the same thing over.
+    return status !== 'Waiting';
   }
 
   private layerUpdate(id: string, status: string, detail: StreamMessage['progressDetail']): void {

@@ -17,8 +17,8 @@ export interface EvictResult {
   bytes: number;
 }
 
-const DEFAULT_BATCH = 200;
-const UNLINK_CONCURRENCY = 16;
+const DEFAULT_BATCH = 64;
+const UNLINK_CONCURRENCY = 4;
 
 /**
  * Evicts least recently used layers and configs until `bytes` are freed, skipping pinned and
@@ -35,6 +35,7 @@ export async function evict(
   options: EvictOptions,
 ): Promise<EvictResult> {
   const batchSize = options.batchSize ?? DEFAULT_BATCH;
+  index.flushTouches();
   const pinned = index.pinnedDigests();
   const isBusy = options.isBusy ?? (() => false);
   const result: EvictResult = { count: 0, bytes: 0 };

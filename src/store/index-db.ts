@@ -74,10 +74,14 @@ export interface PinRow {
   added_at: number;
 }
 
+const TOUCH_FLUSH_MS = 1000;
+
 /** The SQLite index of the blob store: what is stored, for which repositories, and tags. */
 export class IndexDb {
   readonly db: Database.Database;
   private readonly stmts;
+  private readonly touches = new Map<string, number>();
+  private touchTimer: NodeJS.Timeout | undefined;
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -164,8 +168,25 @@ export class IndexDb {
     this.stmts.putBlob.run({ digest, size, media_type: mediaType, now });
   }
 
+  /**
+   * Records a use of a blob. Uses are kept in memory and written in one transaction a second
+   * later: a write per cached-blob request would put SQLite on the hot path.
+   */
   touch(digest: string, now = Date.now()): void {
-    this.stmts.touch.run(now, digest);
+    this.touches.set(digest, now);
+    this.touchTimer ??= setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS).unref();
+  }
+
+  /** Writes pending uses; eviction calls it first so it ranks blobs by their latest use. */
+  flushTouches(): void {
+    clearTimeout(this.touchTimer);
+    this.touchTimer = undefined;
+    if (this.touches.size === 0 || !this.db.open) return;
+    const pending = [...this.touches];
+    this.touches.clear();
+    this.db.transaction(() => {
+      for (const [digest, at] of pending) this.stmts.touch.run(at, digest);
+    })();
   }
 
   isVerifiedFor(digest: string, upstream: string, repo: string): boolean {
@@ -276,6 +297,7 @@ export class IndexDb {
   }
 
   close(): void {
+    this.flushTouches();
     this.db.close();
   }
 }
