@@ -26,8 +26,4 @@ export class UpstreamHealth {
     this.down.add(upstream);
     this.logger.warn({ upstream, err: (err as Error).message }, 'upstream is down');
   }
-
-  isDown(upstream: string): boolean {
-    return this.down.has(upstream);
-  }
 }

@@ -175,13 +175,6 @@ export class RegistryClient {
     return { body: res.body, size: length === undefined ? undefined : Number(length) };
   }
 
-  /** Checks that an upstream is reachable and speaks the registry API. */
-  async ping(): Promise<void> {
-    const res = await this.raw('GET', new URL('v2/', this.base), {});
-    await res.body.dump();
-    if (res.statusCode !== 200 && res.statusCode !== 401) this.check(res, '', 'API root');
-  }
-
   private check(res: Dispatcher.ResponseData, repo: string, what: string): void {
     if (res.statusCode >= 200 && res.statusCode < 300) return;
     const code = statusCode(res.statusCode);
