@@ -1,18 +1,27 @@
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildImage, type BuiltImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
-import { cleanupAll, makeTempDir } from './helpers/tmp.js';
+import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
 import { get, startTestMirror } from './support/mirror.js';
 import { createLogger } from '../src/log.js';
 import { Writable } from 'node:stream';
 
 const USER = 'ci-bot';
 const PASSWORD = 's3cret-Pa55-do-not-log';
+
+/** Listens on a free loopback port; returns the base URL. Closed by cleanupAll. */
+async function listen(server: Server): Promise<string> {
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  registerCleanup(() => new Promise((r) => server.close(r)));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
 
 function upstreamName(reg: Registry): string {
   return reg.host.replace(':', '_');
@@ -126,6 +135,32 @@ describe('the mirror authenticates to private upstreams', () => {
       .filter((r) => r.scopes.some((s) => s.includes('team/app')));
     assert.equal(scoped.length, 1, `token requests: ${JSON.stringify(scoped)}`);
     assert.equal(scoped[0]!.account, USER);
+  });
+
+  test('a redirect to blob storage is followed without the upstream credentials', async () => {
+    const layer = image.layers[0]!;
+    const bytes = await readFile(layer.path);
+    const seen: (string | undefined)[] = [];
+    const storage = await listen(createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    }));
+    const expected = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}`;
+    const origin = await listen(createServer((req, res) => {
+      if (req.headers.authorization !== expected) {
+        return res.writeHead(401, { 'www-authenticate': 'Basic realm="test"' }).end();
+      }
+      res.writeHead(307, { location: `${storage}/bucket/${layer.digest}?sig=abc` }).end();
+    }));
+    const mirror = await startTestMirror({
+      upstreams: [`cdn=${origin}`],
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
+    });
+    const res = await get(`${mirror.url}/v2/cdn/team/app/blobs/${layer.digest}`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, bytes);
+    assert.ok(seen.length > 0);
+    assert.deepEqual(seen.filter(Boolean), [], 'credentials reached the blob storage');
   });
 
   test('wrong credentials for a token server are refused with UNAUTHORIZED', async () => {
