@@ -95,6 +95,20 @@ describe('test helpers', () => {
     assert.equal((await fetch(tokenUrl, { headers: { authorization: wrong } })).status, 401);
   });
 
+  test('the token server grants anonymous pulls only when told to', async () => {
+    const closed = await startTokenServer();
+    const open = await startTokenServer({ anonymousPull: true });
+    const scope = 'scope=repository:public/app:pull,push';
+
+    await fetch(`${closed.realm}?${scope}`);
+    await fetch(`${open.realm}?${scope}`);
+
+    assert.deepEqual(closed.requests[0]?.granted, []);
+    assert.deepEqual(open.requests[0]?.granted, [
+      { type: 'repository', name: 'public/app', actions: ['pull'] },
+    ]);
+  });
+
   test('a Windows multi-platform index keeps its digest, foreign layers stay out', async () => {
     const registry = await startRegistry({ logLevel: 'error' });
     const index = await buildIndex(await makeTempDir('win'), [
@@ -130,11 +144,16 @@ describe('test helpers', () => {
     assert.equal(sha256(raw), index.digest);
   });
 
-  test('a proxy-mode registry pulls through from its remote', async () => {
-    const origin = await startRegistry({ logLevel: 'error' });
+  test('a proxy-mode registry pulls through from its private remote', async () => {
+    const user = { user: 'ci', password: 's3cret' };
+    const tokens = await startTokenServer(user);
+    const origin = await startRegistry({ auth: { token: tokens }, logLevel: 'error' });
     const image = await buildImage(await makeTempDir('img'), { layers: [1_000] });
-    await pushLayout(origin.url, 'library/app', 'v1', image.dir);
-    const cache = await startRegistry({ proxyRemoteUrl: origin.url, logLevel: 'error' });
+    await pushLayout(origin.url, 'library/app', 'v1', image.dir, { credentials: user });
+    const cache = await startRegistry({
+      proxyRemoteUrl: origin.url, proxyUsername: user.user, proxyPassword: user.password,
+      logLevel: 'error',
+    });
 
     const res = await get(`${cache.url}/v2/library/app/manifests/v1`);
 

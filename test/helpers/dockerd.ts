@@ -109,11 +109,12 @@ export async function startDockerd(options: DockerdOptions = {}): Promise<Docker
     await proc.stop(20_000);
     if (containerdPid > 0 && (await isOurContainerd(containerdPid, containerdDir))) {
       killPid(containerdPid, 'SIGTERM');
-      await waitUntil(() => !killPid(containerdPid, 0), {
+      await waitUntil(async () => !(await isOurContainerd(containerdPid, containerdDir)), {
         what: `containerd ${containerdPid} to exit`, timeoutMs: 5_000,
       }).catch(() => killPid(containerdPid, 'SIGKILL'));
     }
     forget();
+    await unmountUnder(base);
   };
 
   return {
@@ -157,10 +158,27 @@ function ping(socketPath: string): Promise<string> {
   });
 }
 
-/** Guards against pid reuse: only a containerd started with our exec root is killed. */
+/**
+ * Guards against pid reuse: only a containerd started with our exec root is killed.
+ * A zombie has an empty cmdline, so it counts as gone.
+ */
 async function isOurContainerd(pid: number, containerdDir: string): Promise<boolean> {
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   return cmdline.includes(containerdDir);
+}
+
+/**
+ * dockerd bind-mounts its data root onto itself (to make mount propagation private)
+ * and undoes it only on a clean shutdown; after a crash or SIGKILL the mount stays
+ * and the temp folder cannot be removed. Lazily unmounts whatever is left under `dir`.
+ */
+async function unmountUnder(dir: string): Promise<void> {
+  const mountinfo = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const points = mountinfo.split('\n')
+    .map((line) => line.split(' ')[4] ?? '')
+    .filter((point) => point === dir || point.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+  for (const point of points) await run('umount', ['-l', point]).catch(() => undefined);
 }
 
 async function makeShortDir(): Promise<string> {

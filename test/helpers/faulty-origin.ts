@@ -125,7 +125,7 @@ export async function startFaultyOrigin(targetUrl: string): Promise<FaultyOrigin
       const fault = digest && record.status < 300 ? takeFault(digest) : undefined;
       void relayBody(upRes, res, record, digest, fault);
     });
-    upstream.on('error', (err) => { console.error('UPSTREAM ERR', err.message, req.method, req.url, req.rawHeaders);
+    upstream.on('error', () => {
       if (res.headersSent) return void res.destroy();
       record.status = 502;
       res.writeHead(502, { 'content-type': 'application/json' });

@@ -39,10 +39,19 @@ export interface ProcessHandle {
 // rather than leaving registries and dockerds behind for the next run.
 const running = new Set<ChildProcess>();
 const orphans = new Set<number>();
-process.once('exit', () => {
+const killAll = () => {
   for (const child of running) killGroup(child, 'SIGKILL');
   for (const pid of orphans) killPid(pid, 'SIGKILL');
-});
+};
+process.once('exit', killAll);
+// 'exit' does not run when a signal ends the process (Ctrl-C, a runner's timeout):
+// kill the children, then let the signal do what it would have done.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.kill(process.pid, signal);
+  });
+}
 
 /**
  * Kills `pid` when the test process exits, for a grandchild that left our process

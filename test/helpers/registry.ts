@@ -20,7 +20,11 @@ export type RegistryAuth = { htpasswd: Credentials } | { token: TokenServer };
 
 export interface RegistryOptions {
   auth?: RegistryAuth;
-  /** Makes this a pull-through cache of that registry (distribution's proxy mode). */
+  /**
+   * Makes this a pull-through cache of that registry (distribution's proxy mode).
+   * Its credentials only work against a token-auth remote: distribution 2.8 files them
+   * under the token realm's URL, so a basic-auth remote never gets them.
+   */
   proxyRemoteUrl?: string;
   proxyUsername?: string;
   proxyPassword?: string;
