@@ -7,7 +7,13 @@ import type { Engine, ImageInspect, PullResult } from '../engine/types.js';
 import { formatPlatform, normalizeArchitecture, type PlatformSpec } from '../oci/platform.js';
 import { formatImageRef, parseImageRef, type ImageRef } from '../oci/reference.js';
 import { summarize, type EnsureResult, type EnsureSource, type EventSink } from './events.js';
-import { hostPlatform, planPull, resolveTag, type PullPlan, type SourceFailure } from './resolve.js';
+import {
+  hostPlatform,
+  planPull,
+  resolveTag,
+  type PullPlan,
+  type SourceFailure,
+} from './resolve.js';
 import { sourcesFor, type Source } from './sources.js';
 
 /** Defaults of `wharf ensure`, in one place with their units. */
@@ -78,7 +84,10 @@ function platformFits(image: ImageInspect, wanted: PlatformSpec | undefined): bo
  * local copy differs: through the mirror, else from the origin. Throws a WharfError when the
  * image could not be made present.
  */
-export async function ensureImage(input: string | ImageRef, options: EnsureOptions) {
+export async function ensureImage(
+  input: string | ImageRef,
+  options: EnsureOptions,
+): Promise<EnsureResult> {
   const started = performance.now();
   const image = typeof input === 'string' ? parseImageRef(input) : input;
   const name = formatImageRef(image);
@@ -97,8 +106,12 @@ export async function ensureImage(input: string | ImageRef, options: EnsureOptio
       error: summarize(f.error) });
   };
 
-  const local = await findLocal(engine, image, sources);
-  const resolved = await resolveTag(image, sources, failures, onFailure);
+  // The engine and the registry are asked at once: for a present image these two answers
+  // are all the work there is.
+  const [local, resolved] = await Promise.all([
+    findLocal(engine, image, sources),
+    resolveTag(image, sources, failures, onFailure),
+  ]);
   const resolveMs = performance.now() - started;
   const result = (source: EnsureSource, found: ImageInspect, extra: Partial<EnsureResult>) => {
     const out: EnsureResult = {
@@ -146,7 +159,11 @@ export async function ensureImage(input: string | ImageRef, options: EnsureOptio
       const present = await tagAndCheck(engine, image, source, plan);
       return result(source.kind, present, {
         ...chosen,
-        phases: { resolve: seconds(resolveMs), pull: seconds(performance.now() - pullStarted) },
+        // Choosing the platform from an index is part of resolving what to pull.
+        phases: {
+          resolve: seconds(pullStarted - started),
+          pull: seconds(performance.now() - pullStarted),
+        },
         bytes: pulled.bytes,
       });
     } catch (err) {
@@ -211,7 +228,8 @@ async function tagAndCheck(
   await engine.tag(pulledRef, `${image.registry}/${image.repository}`, image.tag);
   const tagged = await engine.inspectImage(localName(image));
   if (!tagged || tagged.Id !== pulled.Id) {
-    throw new WharfError('WHARF_PULL_FAILED', `${localName(image)} does not point at ${pulledRef}`, {
+    const what = `${localName(image)} does not point at ${pulledRef}`;
+    throw new WharfError('WHARF_PULL_FAILED', what, {
       hint: 'another process retagged the image meanwhile; try again',
     });
   }

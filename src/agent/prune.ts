@@ -30,7 +30,10 @@ export interface Removal {
   reason: RemovalReason;
 }
 
-export function engineImages(images: ImageSummary[], containers: ContainerSummary[]) {
+export function engineImages(
+  images: ImageSummary[],
+  containers: ContainerSummary[],
+): EngineImage[] {
   const used = new Set(containers.map((c) => c.ImageID));
   return images.map((i): EngineImage => ({
     id: i.Id,
@@ -67,8 +70,8 @@ export class Families {
       const family = `${image.ref.registry}/${image.ref.repository}`;
       this.byName.set(family, family);
       if (mirrorHost) {
-        this.byName.set(`${mirrorHost}/${upstreamName(image.ref.registry)}/${image.ref.repository}`,
-          family);
+        const name = upstreamName(image.ref.registry);
+        this.byName.set(`${mirrorHost}/${name}/${image.ref.repository}`, family);
       }
       if (image.ref.tag) this.listed.add(`${family}:${image.ref.tag}`);
       const keep = image.keep ?? defaultKeep;

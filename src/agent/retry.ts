@@ -63,7 +63,8 @@ export async function withRetries<T>(
 
       // Jitter spreads the retries of a fleet that failed together, so they do not all
       // come back at the same second.
-      const base = Math.min(options.backoffMs * 2 ** (attempt - 1), options.maxBackoffMs ?? 300_000);
+      const cap = options.maxBackoffMs ?? 300_000;
+      const base = Math.min(options.backoffMs * 2 ** (attempt - 1), cap);
       const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
       options.onRetry?.(attempt, delayMs, error);
       try {

@@ -160,9 +160,11 @@ function image(entry: z.infer<typeof imageSchema>, option: string): WarmImage {
 /** Where the state file goes when the config does not say: the user's state folder. */
 export function defaultStatePath(env: NodeJS.ProcessEnv = process.env): string {
   if (process.platform === 'win32') {
-    return join(env.LOCALAPPDATA ?? join(homedir(), 'AppData', 'Local'), 'wharf', 'warm-state.json');
+    const local = env.LOCALAPPDATA ?? join(homedir(), 'AppData', 'Local');
+    return join(local, 'wharf', 'warm-state.json');
   }
-  return join(env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state'), 'wharf', 'warm-state.json');
+  const state = env.XDG_STATE_HOME ?? join(homedir(), '.local', 'state');
+  return join(state, 'wharf', 'warm-state.json');
 }
 
 /** Builds the warm configuration: defaults, then the file, then flags and image arguments. */

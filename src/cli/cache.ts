@@ -57,9 +57,9 @@ function dataOptions(cmd: Command): Command {
 export function register(program: Command): void {
   const cache = program
     .command('cache')
-    .description("Inspect and manage a mirror's store (works while the mirror runs)");
+    .description("inspect and manage a mirror's store (works while the mirror runs)");
 
-  dataOptions(cache.command('ls').description('Cached tags: digest, size, last use, pinned'))
+  dataOptions(cache.command('ls').description('cached tags: digest, size, last use, pinned'))
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const tags = await withStore(flags, async (index) => listTags(index));
@@ -70,7 +70,7 @@ export function register(program: Command): void {
       ));
     });
 
-  dataOptions(cache.command('du').description('Disk use of the store, by repository'))
+  dataOptions(cache.command('du').description('disk use of the store, by repository'))
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const result = await withStore(flags, async (index, store) => ({
@@ -87,7 +87,7 @@ export function register(program: Command): void {
     });
 
   dataOptions(cache.command('pin').argument('<image>', 'image by tag or digest, e.g. registry.example.io/ci/build:v1'))
-    .description('Keep an image in the store whatever the budget; the mirror fetches it and follows its tag')
+    .description('keep an image in the store whatever the budget; the mirror fetches it and follows its tag')
     .option('-p, --platform <os/arch>', 'keep only this platform of an index; repeatable', collect)
     .action(async (image: string, flags: DataFlags & { platform?: string[] }) => {
       parseImageRef(image);
@@ -96,7 +96,7 @@ export function register(program: Command): void {
     });
 
   dataOptions(cache.command('unpin').argument('<image>', 'an image given to `wharf cache pin`'))
-    .description('Stop keeping an image; its blobs become evictable')
+    .description('stop keeping an image; its blobs become evictable')
     .action(async (image: string, flags: DataFlags) => {
       const removed = await withStore(flags, async (index) => index.removePin(image));
       if (!removed) {
@@ -107,7 +107,7 @@ export function register(program: Command): void {
       out(`unpinned ${image}\n`);
     });
 
-  dataOptions(cache.command('verify').description('Rehash every blob; quarantine and name corrupt ones'))
+  dataOptions(cache.command('verify').description('rehash every blob; quarantine and name corrupt ones'))
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const report = await withStore(flags, (index, store) => verifyAll(index, store));
@@ -120,7 +120,7 @@ export function register(program: Command): void {
       if (report.corrupt.length || report.missing.length) process.exitCode = 1;
     });
 
-  dataOptions(cache.command('gc').description('Evict least recently used blobs down to the budget now'))
+  dataOptions(cache.command('gc').description('evict least recently used blobs down to the budget now'))
     .option('--max-size <size>', 'the budget, e.g. 200GB (default: cache.maxSize of --config)')
     .action(async (flags: DataFlags & { maxSize?: string }) => {
       const file = flags.config ? await readConfigFile(flags.config) : {};

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import { Agent } from 'undici';
 import { ENSURE_DEFAULTS, ensureImage } from '../agent/ensure.js';
@@ -74,7 +75,11 @@ function check(imageText: string, flags: EnsureFlags, env: NodeJS.ProcessEnv): C
 }
 
 /** Runs `wharf ensure`; returns the exit status. */
-export async function runEnsure(imageText: string, flags: EnsureFlags, io: CommandIo) {
+export async function runEnsure(
+  imageText: string,
+  flags: EnsureFlags,
+  io: CommandIo,
+): Promise<number> {
   const started = performance.now();
   const reporter = createReporter({ json: Boolean(flags.json), stdout: io.stdout,
     stderr: io.stderr });
@@ -89,7 +94,8 @@ export async function runEnsure(imageText: string, flags: EnsureFlags, io: Comma
     return exitCodeFor(error);
   }
 
-  const logger = createLogger({ level: io.env.WHARF_LOG_LEVEL ?? 'silent', destination: io.stderr });
+  const level = io.env.WHARF_LOG_LEVEL ?? 'silent';
+  const logger = createLogger({ level, destination: io.stderr });
   const dispatcher = new Agent({ connect: { timeout: 10_000 }, headersTimeout: 30_000 });
   try {
     const result = await ensureImage(checked.image, {
@@ -134,6 +140,11 @@ export function register(program: Command): void {
     .option('--json', 'print one JSON object instead of a line')
     .addHelpText('after', EXAMPLES)
     .action(async (image: string, flags: EnsureFlags) => {
+      // ensure runs in every CI job, so its start and its end are on the clock. V8 compiles
+      // undici's WebAssembly HTTP parser twice, the second time optimized, in the background,
+      // and a Node process waits for that before it exits: ~150 ms that a process making
+      // a handful of requests never gets back. Set before the first request compiles it.
+      setFlagsFromString('--liftoff-only');
       const controller = new AbortController();
       const stop = () => controller.abort();
       process.once('SIGINT', stop);

@@ -1,8 +1,17 @@
 import { Command, CommanderError } from 'commander';
 import { toWharfError } from '../errors.js';
-import { register as registerServe } from './serve.js';
-import { register as registerCache } from './cache.js';
 import { exitCodeFor, printError } from './errors.js';
+
+type Register = (program: Command) => void;
+
+// Each command's code is loaded only when that command runs: `wharf ensure` starts in every
+// CI job, and the mirror's modules would add a noticeable share to its run time.
+const COMMANDS: Record<string, () => Promise<{ register: Register }>> = {
+  serve: () => import('./serve.js'),
+  cache: () => import('./cache.js'),
+  ensure: () => import('./ensure.js'),
+  warm: () => import('./warm.js'),
+};
 
 const program = new Command()
   .name('wharf')
@@ -12,8 +21,9 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-registerServe(program);
-registerCache(program);
+const requested = process.argv[2];
+const wanted = requested && requested in COMMANDS ? [requested] : Object.keys(COMMANDS);
+for (const name of wanted) (await COMMANDS[name]!()).register(program);
 
 try {
   await program.parseAsync(process.argv);

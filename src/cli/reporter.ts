@@ -47,7 +47,8 @@ export function ensureLine(r: EnsureResult): string {
   const platform = r.platform ? ` [${r.platform}]` : '';
   if (r.source === 'local') return `${what}${platform} present, ${r.seconds.toFixed(2)} s`;
   if (r.source === 'stale-local') {
-    return `${what}${platform} STALE local copy kept (${r.stale?.message ?? 'no registry answered'})`;
+    const why = r.stale?.message ?? 'no registry answered';
+    return `${what}${platform} STALE local copy kept (${why})`;
   }
   return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s ` +
     `(${formatBytes(r.bytes)})`;
@@ -124,7 +125,8 @@ class HumanReporter implements Reporter {
         if (this.options.stream) this.say(`${e.image}: failed: ${e.error.message}`);
         break;
       case 'removed':
-        this.say(`${e.image}: removed ${e.id.slice(0, 19)} (${e.reason}, ${formatBytes(e.bytes)})`);
+        this.say(`${e.image}: removed ${e.id.slice(0, 19)} ` +
+          `(${e.reason}, ${formatBytes(e.bytes)})`);
         break;
       case 'remove-failed':
         this.say(`${e.image}: could not remove ${e.id.slice(0, 19)}: ${e.error.message}`);
@@ -217,6 +219,7 @@ class JsonReporter implements Reporter {
 
   failed(image: string, err: WharfError, seconds: number): void {
     if (!this.options.stream) this.write({ image, error: summarize(err), seconds });
+    else this.write({ time: new Date().toISOString(), event: 'error', error: summarize(err) });
   }
 
   cycle(): void {

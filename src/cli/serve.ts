@@ -8,7 +8,7 @@ import { startMirror } from '../mirror/server.js';
 export function register(program: Command): void {
   program
     .command('serve')
-    .description('Run the pull-through registry mirror')
+    .description('run the pull-through registry mirror')
     .option('-c, --config <file>', 'YAML configuration file')
     .option('-l, --listen <host:port>', `address to listen on (default ${DEFAULTS.listen})`)
     .option('-d, --data <dir>', `data folder: blob store and index (default ${DEFAULTS.data})`)

@@ -95,7 +95,8 @@ export async function runWarm(
     await warmer.start();
     if (!io.signal) return 0;
     if (!io.signal.aborted) {
-      await new Promise((resolve) => io.signal!.addEventListener('abort', resolve, { once: true }));
+      const signal = io.signal;
+      await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
     }
     await warmer.stop();
     return 0;

@@ -50,7 +50,8 @@ export function parseEngineAddress(text: string, option = '--engine'): EngineAdd
     return { kind: 'tcp', origin: url.origin, text: trimmed };
   }
   if (trimmed.startsWith('ssh://') || trimmed.startsWith('https://')) {
-    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${JSON.stringify(text)} is not supported`, {
+    const what = `${option}: ${JSON.stringify(text)} is not supported`;
+    throw new WharfError('WHARF_BAD_USAGE', what, {
       hint: 'wharf talks to the engine over its local socket, named pipe or plain tcp://; ' +
         'run wharf on the engine\'s host',
     });
@@ -69,7 +70,8 @@ export function engineAddressFrom(
   if (flag) return parseEngineAddress(flag, '--engine');
   if (env.DOCKER_HOST) {
     if (env.DOCKER_TLS_VERIFY && env.DOCKER_HOST.startsWith('tcp://')) {
-      throw new WharfError('WHARF_BAD_USAGE', 'DOCKER_HOST asks for TLS, which wharf does not speak', {
+      const what = 'DOCKER_HOST asks for TLS, which wharf does not speak';
+      throw new WharfError('WHARF_BAD_USAGE', what, {
         hint: 'run wharf on the engine\'s host and let it use the local socket or named pipe',
       });
     }

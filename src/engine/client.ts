@@ -255,6 +255,8 @@ export function splitReference(ref: string): { name: string; tag: string } {
   const at = ref.indexOf('@');
   if (at >= 0) return { name: ref.slice(0, at), tag: ref.slice(at + 1) };
   const colon = ref.lastIndexOf(':');
-  if (colon > ref.lastIndexOf('/')) return { name: ref.slice(0, colon), tag: ref.slice(colon + 1) };
+  if (colon > ref.lastIndexOf('/')) {
+    return { name: ref.slice(0, colon), tag: ref.slice(colon + 1) };
+  }
   return { name: ref, tag: 'latest' };
 }

@@ -66,7 +66,8 @@ export class PullStream {
     try {
       message = JSON.parse(text) as StreamMessage;
     } catch {
-      throw new WharfError('WHARF_ENGINE_ERROR', `the engine sent a pull message that is not JSON`, {
+      const what = 'the engine sent a pull message that is not JSON';
+      throw new WharfError('WHARF_ENGINE_ERROR', what, {
         detail: { ref: this.ref, line: text.slice(0, 200) },
       });
     }

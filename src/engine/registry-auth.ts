@@ -5,8 +5,8 @@ import { credentialsFromDockerConfig } from '../upstream/credentials.js';
  * (helpers included), or undefined when it holds nothing for that host. The engine never reads
  * that file itself: the docker CLI sends what it finds there, so wharf does the same.
  *
- * The value is base64url of a JSON object; it holds a password, so it goes to the engine and
- * nowhere else.
+ * The value is a JSON object in URL-safe base64; it holds a password, so it goes to the engine
+ * and nowhere else.
  */
 export async function registryAuthFor(
   host: string,
@@ -27,5 +27,9 @@ export function encodeRegistryAuth(auth: {
   password: string;
   serveraddress: string;
 }): string {
-  return Buffer.from(JSON.stringify(auth), 'utf8').toString('base64url');
+  // URL-safe base64 with its `=` padding: the engine decodes with Go's URLEncoding, which
+  // needs the padding, and quietly pulls anonymously when it cannot decode the header.
+  return Buffer.from(JSON.stringify(auth), 'utf8').toString('base64')
+    .replace(/\+/g, '-')
+    .replace(/\//g, '_');
 }

@@ -33,7 +33,8 @@ const PLATFORM_SHAPE = /^([a-z0-9]+)(?:\(([0-9.]+)\))?\/([a-z0-9_]+)(?:\/([a-z0-
 export function parsePlatform(input: string, option = '--platform'): PlatformSpec {
   const match = PLATFORM_SHAPE.exec(input.trim().toLowerCase());
   if (!match) {
-    throw new WharfError('WHARF_BAD_USAGE', `${option}: invalid platform ${JSON.stringify(input)}`, {
+    const what = `${option}: invalid platform ${JSON.stringify(input)}`;
+    throw new WharfError('WHARF_BAD_USAGE', what, {
       hint: 'write a platform as os/arch[/variant], e.g. linux/arm64/v8, or with a Windows ' +
         'build as windows(10.0.20348)/amd64',
     });

@@ -1,0 +1,136 @@
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { isWharfError } from '../src/errors.js';
+import { engineAddressFrom, parseEngineAddress } from '../src/engine/address.js';
+import { DockerEngine, MAX_API_VERSION, compareApiVersions } from '../src/engine/client.js';
+import type { PullProgress } from '../src/engine/types.js';
+import { startDockerd, type Dockerd } from './helpers/dockerd.js';
+import { buildImage } from './helpers/images.js';
+import { pushLayout } from './helpers/push.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
+import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
+
+describe('the engine client speaks the Docker Engine API', () => {
+  let dockerd: Dockerd;
+  let registry: Registry;
+  let engine: DockerEngine;
+
+  before(async () => {
+    [dockerd, registry] = await Promise.all([
+      startDockerd(),
+      startRegistry({ logLevel: 'error' }),
+    ]);
+    engine = new DockerEngine(parseEngineAddress(dockerd.host));
+  });
+  after(async () => {
+    await engine?.close();
+    await cleanupAll();
+  });
+
+  test('it negotiates an API version no newer than the one wharf knows', async () => {
+    const version = await engine.negotiate();
+    assert.ok(compareApiVersions(version, MAX_API_VERSION) <= 0);
+    const info = await engine.version();
+    assert.equal(info.Os, 'linux');
+  });
+
+  test('a pull reports per-layer progress and the bytes it downloaded', async () => {
+    const dir = await makeTempDir('engine-pull');
+    const image = await buildImage(join(dir, 'img'), { layers: [400_000, 300_000], tag: 'v1' });
+    await pushLayout(registry.url, 'engine/pull', 'v1', image.dir);
+    const seen: PullProgress[] = [];
+
+    const result = await engine.pull(`${registry.host}/engine/pull:v1`, {
+      onProgress: (p) => seen.push(p),
+    });
+
+    const layerBytes = image.layers.reduce((sum, l) => sum + l.size, 0);
+    assert.equal(result.digest, image.digest);
+    assert.ok(result.bytes >= layerBytes, `${result.bytes} bytes, layers are ${layerBytes}`);
+    assert.ok(seen.length > 0);
+    assert.equal(seen.at(-1)!.layers.length, image.layers.length);
+  });
+
+  test('inspect, tag, list and remove work on a pulled image', async () => {
+    const dir = await makeTempDir('engine-tag');
+    const image = await buildImage(join(dir, 'img'), { layers: [100_000], tag: 'v1' });
+    await pushLayout(registry.url, 'engine/tag', 'v1', image.dir);
+    const ref = `${registry.host}/engine/tag@${image.digest}`;
+    await engine.pull(ref);
+
+    const pulled = await engine.inspectImage(ref);
+    assert.ok(pulled);
+    assert.deepEqual(pulled.RepoDigests, [ref]);
+    await engine.tag(ref, `${registry.host}/engine/tag`, 'copy');
+    const tagged = await engine.inspectImage(`${registry.host}/engine/tag:copy`);
+    assert.equal(tagged?.Id, pulled.Id);
+    const listed = await engine.listImages();
+    assert.ok(listed.some((i) => i.Id === pulled.Id));
+
+    // The engine drops a repository's digest references with its last tag there.
+    assert.equal(await engine.removeImage(`${registry.host}/engine/tag:copy`), true);
+    assert.equal(await engine.inspectImage(ref), null);
+    assert.equal(await engine.removeImage(ref), false);
+  });
+
+  test('an error line in the middle of a 200 pull stream is a failure', async () => {
+    const dir = await makeTempDir('engine-error');
+    const image = await buildImage(join(dir, 'img'), { layers: [200_000, 200_000], tag: 'v1' });
+    await pushLayout(registry.url, 'engine/broken', 'v1', image.dir);
+    const layer = image.layers[1]!.digest.slice('sha256:'.length);
+    const blobs = join(registry.dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256');
+    await rm(join(blobs, layer.slice(0, 2), layer), { recursive: true });
+
+    await assert.rejects(
+      engine.pull(`${registry.host}/engine/broken:v1`),
+      (err) => isWharfError(err, 'WHARF_PULL_FAILED'),
+    );
+  });
+
+  test('an engine that is not there is unreachable, with a hint', async () => {
+    const missing = new DockerEngine(parseEngineAddress(`unix://${dockerd.dir}/nothing.sock`));
+    await assert.rejects(missing.info(), (err) => {
+      assert.ok(isWharfError(err, 'WHARF_ENGINE_UNREACHABLE'));
+      assert.match(err.hint ?? '', /--engine/);
+      return true;
+    });
+    await missing.close();
+    const port = await freePort();
+    const tcp = new DockerEngine(parseEngineAddress(`tcp://127.0.0.1:${port}`));
+    await assert.rejects(tcp.info(), (err) => isWharfError(err, 'WHARF_ENGINE_UNREACHABLE'));
+    await tcp.close();
+  });
+});
+
+describe('engine addresses are read as DOCKER_HOST writes them', () => {
+  test('a unix socket, a named pipe and tcp each become something undici can dial', () => {
+    assert.deepEqual(parseEngineAddress('unix:///var/run/docker.sock'),
+      { kind: 'unix', socketPath: '/var/run/docker.sock', text: 'unix:///var/run/docker.sock' });
+    const pipe = parseEngineAddress('npipe:////./pipe/docker_engine');
+    assert.equal(pipe.kind === 'npipe' && pipe.socketPath, '\\\\.\\pipe\\docker_engine');
+    const tcp = parseEngineAddress('tcp://127.0.0.1');
+    assert.equal(tcp.kind === 'tcp' && tcp.origin, 'http://127.0.0.1:2375');
+  });
+
+  test('the flag wins over DOCKER_HOST, and a TLS DOCKER_HOST is refused with a hint', () => {
+    const env = { DOCKER_HOST: 'tcp://10.0.0.1:2376', DOCKER_TLS_VERIFY: '1' };
+    assert.equal(engineAddressFrom('unix:///tmp/d.sock', env).text, 'unix:///tmp/d.sock');
+    assert.throws(() => engineAddressFrom(undefined, env), (err) => {
+      assert.ok(isWharfError(err, 'WHARF_BAD_USAGE'));
+      assert.match(err.message, /DOCKER_HOST/);
+      return true;
+    });
+  });
+
+  test('an address wharf cannot use names the option it came from', () => {
+    for (const text of ['ssh://user@host', 'unix://relative.sock', 'npipe://docker', 'ftp://x']) {
+      assert.throws(() => parseEngineAddress(text), (err) => {
+        assert.ok(isWharfError(err, 'WHARF_BAD_USAGE'));
+        assert.match(err.message, /^--engine/);
+        return true;
+      });
+    }
+  });
+});

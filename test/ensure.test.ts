@@ -1,0 +1,243 @@
+import assert from 'node:assert/strict';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { runEnsure, type EnsureFlags } from '../src/cli/ensure.js';
+import type { RunningMirror } from '../src/mirror/server.js';
+import { startDockerd, type Dockerd } from './helpers/dockerd.js';
+import { buildImage, buildIndex } from './helpers/images.js';
+import { pushLayout } from './helpers/push.js';
+import { startRegistry, type Registry } from './helpers/registry.js';
+import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
+import { metric, startTestMirror } from './support/mirror.js';
+
+interface Outcome {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: Record<string, unknown>;
+}
+
+describe('wharf ensure makes an image present at the digest its tag names', () => {
+  let dockerd: Dockerd;
+
+  before(async () => {
+    dockerd = await startDockerd();
+  });
+  after(cleanupAll);
+
+  async function ensure(image: string, flags: EnsureFlags): Promise<Outcome> {
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    const chunks = { out: '', err: '' };
+    stdout.on('data', (c: Buffer) => (chunks.out += c.toString()));
+    stderr.on('data', (c: Buffer) => (chunks.err += c.toString()));
+    const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig };
+    const code = await runEnsure(image, { json: true, ...flags }, { stdout, stderr, env });
+    const json = chunks.out && flags.json !== false
+      ? (JSON.parse(chunks.out) as Record<string, unknown>)
+      : {};
+    return { code, stdout: chunks.out, stderr: chunks.err, json };
+  }
+
+  /** An origin with one image pushed, and a mirror in front of it, for one test. */
+  async function world(repo: string, layers = [300_000, 200_000]) {
+    const dir = await makeTempDir(`ensure-${repo.replace(/\W/g, '-')}`);
+    const origin = await startRegistry({ logLevel: 'error' });
+    const mirror = await startTestMirror({ upstreams: [origin.url], tagTtlMs: 0 });
+    const image = await buildImage(join(dir, 'v1'), { layers, tag: 'v1' });
+    await pushLayout(origin.url, repo, 'v1', image.dir);
+    return { dir, origin, mirror, image, name: `${origin.host}/${repo}:v1` };
+  }
+
+  async function localDigests(name: string): Promise<string[]> {
+    const format = '{{json .RepoDigests}}';
+    const out = await dockerd.docker(['image', 'inspect', '--format', format, name]);
+    return (JSON.parse(out) as string[]).map((d) => d.slice(d.indexOf('@') + 1));
+  }
+
+  test('an absent image is pulled through the mirror and tagged with its own name', async () => {
+    const { mirror, image, name } = await world('ci/absent');
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0, out.stdout + out.stderr);
+    assert.equal(out.json.source, 'mirror');
+    assert.equal(out.json.digest, image.digest);
+    assert.equal(out.json.image, name);
+    assert.ok((out.json.bytes as number) >= image.layers[0]!.size);
+    const phases = out.json.phases as { resolve: number; pull: number };
+    assert.ok(phases.resolve >= 0 && phases.pull > 0);
+    assert.ok((await localDigests(name)).includes(image.digest));
+  });
+
+  test('an image already present at the tag digest is not pulled again', async () => {
+    const { mirror, name, image } = await world('ci/present');
+    assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+    const before = await pulls(mirror);
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0);
+    assert.equal(out.json.source, 'local');
+    assert.equal(out.json.digest, image.digest);
+    assert.equal(out.json.bytes, 0);
+    assert.equal(await pulls(mirror), before, 'no manifest GET reached the mirror');
+  });
+
+  test('a tag that moved at the origin is pulled at its new digest', async () => {
+    const { dir, origin, mirror, name } = await world('ci/moved');
+    assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+    const moved = await buildImage(join(dir, 'v2'), { layers: [250_000], tag: 'v1' });
+    await pushLayout(origin.url, 'ci/moved', 'v1', moved.dir);
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.json.source, 'mirror');
+    assert.equal(out.json.digest, moved.digest);
+    assert.ok((await localDigests(name)).includes(moved.digest));
+  });
+
+  test('when the mirror is down the image comes from the origin', async () => {
+    const { name, image } = await world('ci/mirror-down');
+    const deadMirror = `http://127.0.0.1:${await freePort()}`;
+
+    const out = await ensure(name, { mirror: deadMirror });
+
+    assert.equal(out.code, 0, out.stdout);
+    assert.equal(out.json.source, 'origin');
+    assert.equal(out.json.digest, image.digest);
+    assert.ok((await localDigests(name)).includes(image.digest));
+  });
+
+  test('when the origin is down the mirror serves what it holds', async () => {
+    const { origin, mirror, name, image } = await world('ci/origin-down');
+    assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+    await dockerd.docker(['image', 'rm', name]);
+    await origin.stop();
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0, out.stdout);
+    assert.equal(out.json.source, 'mirror');
+    assert.equal(out.json.digest, image.digest);
+  });
+
+  test('when mirror and origin are both down the image could not be made present', async () => {
+    const { origin, mirror, name } = await world('ci/both-down-absent');
+    await Promise.all([origin.stop(), mirror.close()]);
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 1);
+    const error = out.json.error as { code: string; hint?: string };
+    assert.equal(error.code, 'WHARF_UPSTREAM_UNAVAILABLE');
+  });
+
+  test('with both down, --allow-stale accepts an older local copy and says so', async () => {
+    const { dir, origin, mirror, name, image } = await world('ci/both-down-stale');
+    assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+    const moved = await buildImage(join(dir, 'v2'), { layers: [100_000], tag: 'v1' });
+    await pushLayout(origin.url, 'ci/both-down-stale', 'v1', moved.dir);
+    await Promise.all([origin.stop(), mirror.close()]);
+
+    const strict = await ensure(name, { mirror: mirror.url });
+    assert.equal(strict.code, 1);
+    assert.match((strict.json.error as { hint: string }).hint, /--allow-stale/);
+
+    const stale = await ensure(name, { mirror: mirror.url, allowStale: true });
+    assert.equal(stale.code, 0);
+    assert.equal(stale.json.source, 'stale-local');
+    assert.equal(stale.json.digest, image.digest);
+    assert.ok(stale.json.stale);
+  });
+
+  test('a pull whose stream carries an error fails with the engine message', async () => {
+    const { origin, mirror, name, image } = await world('ci/broken', [150_000, 150_000]);
+    const layer = image.layers[1]!.digest.slice('sha256:'.length);
+    const blobs = join(origin.dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256');
+    await rm(join(blobs, layer.slice(0, 2), layer), { recursive: true });
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 1);
+    const error = out.json.error as { code: string; message: string };
+    assert.equal(error.code, 'WHARF_PULL_FAILED');
+    assert.match(error.message, /mirror pull: .*origin pull: /);
+  });
+
+  test('from an index with Windows entries the engine gets its own platform', async () => {
+    const { dir, origin, mirror } = await world('ci/unused');
+    const index = await buildIndex(join(dir, 'multi'), [
+      { layers: [20_000], os: 'windows', osVersion: '10.0.17763.5329', foreignLayers: 1 },
+      { layers: [20_000], os: 'windows', osVersion: '10.0.20348.2227', foreignLayers: 1 },
+      { layers: [120_000], os: 'linux', architecture: 'amd64' },
+    ], { format: 'docker', tag: 'ltsc' });
+    await pushLayout(origin.url, 'ci/multi', 'ltsc', index.dir);
+    const name = `${origin.host}/ci/multi:ltsc`;
+
+    const first = await ensure(name, { mirror: mirror.url });
+    const second = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(first.code, 0, first.stdout);
+    assert.equal(first.json.source, 'mirror');
+    assert.equal(first.json.digest, index.digest);
+    assert.equal(first.json.platform, 'linux/amd64');
+    assert.equal(first.json.platformDigest, index.images[2]!.digest);
+    assert.ok((await localDigests(name)).includes(index.digest));
+    assert.equal(second.json.source, 'local');
+  });
+
+  test('a private origin gets the credentials of docker config.json, the engine too', async () => {
+    const dir = await makeTempDir('ensure-private');
+    const user = { user: 'ci', password: 'hunter2-but-longer' };
+    const origin = await startRegistry({ logLevel: 'error', auth: { htpasswd: user } });
+    const image = await buildImage(join(dir, 'img'), { layers: [100_000], tag: 'v1' });
+    await pushLayout(origin.url, 'ci/private', 'v1', image.dir, { credentials: user });
+    const auth = Buffer.from(`${user.user}:${user.password}`).toString('base64');
+    await writeFile(join(dockerd.dockerConfig, 'config.json'),
+      JSON.stringify({ auths: { [origin.host]: { auth } } }));
+    const name = `${origin.host}/ci/private:v1`;
+    // The registry client reads the config of the process, as it does when run as a command.
+    const saved = process.env.DOCKER_CONFIG;
+    process.env.DOCKER_CONFIG = dockerd.dockerConfig;
+    try {
+      const out = await ensure(name, {});
+
+      assert.equal(out.code, 0, out.stdout);
+      assert.equal(out.json.source, 'origin');
+      assert.ok(!out.stdout.includes(user.password) && !out.stderr.includes(user.password));
+    } finally {
+      if (saved === undefined) delete process.env.DOCKER_CONFIG;
+      else process.env.DOCKER_CONFIG = saved;
+      await rm(join(dockerd.dockerConfig, 'config.json'));
+    }
+  });
+
+  test('without --json the result is one line on stdout', async () => {
+    const { mirror, name } = await world('ci/line');
+
+    const out = await ensure(name, { mirror: mirror.url, json: false });
+
+    assert.equal(out.code, 0);
+    assert.equal(out.stdout.trim().split('\n').length, 1);
+    assert.match(out.stdout, /pulled from mirror in [0-9.]+ s/);
+  });
+
+  test('bad usage exits 2 and names the flag', async () => {
+    const out = await ensure('Not A Reference', {});
+    assert.equal(out.code, 2);
+    assert.equal((out.json.error as { code: string }).code, 'WHARF_BAD_USAGE');
+    const flag = await ensure('alpine:3', { mirror: 'ftp://mirror' });
+    assert.equal(flag.code, 2);
+    assert.match((flag.json.error as { message: string }).message, /--mirror/);
+  });
+});
+
+/** Manifest and blob GETs the mirror served, from its metrics. */
+async function pulls(mirror: RunningMirror): Promise<number> {
+  const manifests = await metric(mirror.url, 'wharf_requests_total', { kind: 'manifest' });
+  return manifests + (await metric(mirror.url, 'wharf_requests_total', { kind: 'blob' }));
+}
