@@ -8,7 +8,7 @@ import type { RunningMirror } from '../src/mirror/server.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
 import { buildImage, buildIndex } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
-import { startRegistry, type Registry } from './helpers/registry.js';
+import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
 import { metric, startTestMirror } from './support/mirror.js';
 

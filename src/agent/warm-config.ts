@@ -1,13 +1,12 @@
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { Cron } from 'croner';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { WharfError, toWharfError } from '../errors.js';
 import { parsePlatform, type PlatformSpec } from '../oci/platform.js';
 import { formatImageRef, parseImageRef, type ImageRef } from '../oci/reference.js';
 import { parseDuration, parseSize } from '../util/units.js';
+import { readYamlFile, validateDocument } from '../util/yaml-file.js';
 import { parseMirrorUrl } from './sources.js';
 
 /** Every default of `wharf warm`, with its unit, in one place. */
@@ -101,35 +100,12 @@ function invalid(option: string, why: string, hint?: string): WharfError {
 
 /** Checks a parsed YAML document; the error names the exact key, e.g. `images.2.keep`. */
 export function validateWarmFile(doc: unknown, source: string): WarmFile {
-  const result = fileSchema.safeParse(doc ?? {});
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const keys = issue.code === 'unrecognized_keys' ? issue.keys : [];
-  if (keys.length) {
-    throw invalid(`${source}: ${[...issue.path, keys[0]].join('.')}`, 'unknown key',
-      'remove it or check its spelling; `wharf warm --help` lists the keys');
-  }
-  const where = issue.path.length ? issue.path.join('.') : '(top level)';
-  throw invalid(`${source}: ${where}`, issue.message);
+  return validateDocument(fileSchema, doc, source,
+    'remove it or check its spelling; `wharf warm --help` lists the keys');
 }
 
 async function readWarmFile(path: string): Promise<WarmFile> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new WharfError('WHARF_CONFIG_INVALID', `cannot read config file ${path}`, {
-      cause: err,
-      hint: 'check the path given to --config',
-    });
-  }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text);
-  } catch (err) {
-    throw invalid(path, `not valid YAML: ${(err as Error).message}`);
-  }
-  return validateWarmFile(doc, path);
+  return validateWarmFile(await readYamlFile(path), path);
 }
 
 /** Runs a check and turns its failure into a config error naming `option`. */

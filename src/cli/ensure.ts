@@ -13,6 +13,7 @@ import { formatImageRef, parseImageRef, type ImageRef } from '../oci/reference.j
 import { dockerConfigPath } from '../upstream/credentials.js';
 import { parseDuration } from '../util/units.js';
 import { exitCodeFor } from './errors.js';
+import { runWithProcessIo, type CommandIo } from './process-io.js';
 import { createReporter } from './reporter.js';
 
 export interface EnsureFlags {
@@ -24,12 +25,7 @@ export interface EnsureFlags {
   json?: boolean;
 }
 
-export interface CommandIo {
-  stdout: NodeJS.WritableStream;
-  stderr: NodeJS.WritableStream & { isTTY?: boolean };
-  env: NodeJS.ProcessEnv;
-  signal?: AbortSignal;
-}
+export type { CommandIo };
 
 const EXAMPLES = `
 Examples:
@@ -145,20 +141,6 @@ export function register(program: Command): void {
       // and a Node process waits for that before it exits: ~150 ms that a process making
       // a handful of requests never gets back. Set before the first request compiles it.
       setFlagsFromString('--liftoff-only');
-      const controller = new AbortController();
-      const stop = () => controller.abort();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-      try {
-        process.exitCode = await runEnsure(image, flags, {
-          stdout: process.stdout,
-          stderr: process.stderr,
-          env: process.env,
-          signal: controller.signal,
-        });
-      } finally {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
-      }
+      await runWithProcessIo((io) => runEnsure(image, flags, io));
     });
 }

@@ -1,3 +1,4 @@
+import { formatTable } from './table.js';
 import cliProgress from 'cli-progress';
 import type { WharfError } from '../errors.js';
 import {
@@ -63,16 +64,13 @@ export function cycleTable(report: CycleReport): string {
     row.seconds.toFixed(1),
     row.size > 0 ? formatBytes(row.size) : '-',
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) =>
-    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   const failures = report.rows
     .filter((r) => r.error)
     .map((r) => `  ${r.image}: ${r.error!.message} [${r.error!.code}]` +
       (r.error!.hint ? `\n    hint: ${r.error!.hint}` : ''));
   const summary = `cycle ${report.cycle} (${report.trigger}): ${report.rows.length} rows, ` +
     `${report.failed} failed, ${report.seconds.toFixed(1)} s`;
-  return [line(header), ...rows.map(line), summary, ...failures].join('\n') + '\n';
+  return formatTable(header, rows) + [summary, ...failures].join('\n') + '\n';
 }
 
 class HumanReporter implements Reporter {

@@ -7,7 +7,7 @@ import { createLogger } from '../log.js';
 import { engineAddressFrom } from '../engine/address.js';
 import { DockerEngine } from '../engine/client.js';
 import { dockerConfigPath } from '../upstream/credentials.js';
-import type { CommandIo } from './ensure.js';
+import { runWithProcessIo, type CommandIo } from './process-io.js';
 import { exitCodeFor } from './errors.js';
 import { createReporter } from './reporter.js';
 
@@ -128,20 +128,6 @@ export function register(program: Command): void {
     .option('--json', 'print events and each cycle\'s table as JSON lines')
     .addHelpText('after', EXAMPLES)
     .action(async (images: string[], flags: WarmCliFlags) => {
-      const controller = new AbortController();
-      const stop = () => controller.abort();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-      try {
-        process.exitCode = await runWarm(images, flags, {
-          stdout: process.stdout,
-          stderr: process.stderr,
-          env: process.env,
-          signal: controller.signal,
-        });
-      } finally {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
-      }
+      await runWithProcessIo((io) => runWarm(images, flags, io));
     });
 }

@@ -1,9 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { WharfError } from '../errors.js';
 import { parseDuration, parseSize } from '../util/units.js';
+import { readYamlFile, validateDocument } from '../util/yaml-file.js';
 
 /** Every default of the mirror, with its unit, in one place. */
 export const DEFAULTS = {
@@ -194,35 +193,12 @@ function finishUpstreams(upstreams: UpstreamConfig[], option: string): UpstreamC
 }
 
 export async function readConfigFile(path: string): Promise<MirrorFile> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    throw new WharfError('WHARF_CONFIG_INVALID', `cannot read config file ${path}`, {
-      cause: err,
-      hint: 'check the path given to --config',
-    });
-  }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text) ?? {};
-  } catch (err) {
-    throw new WharfError('WHARF_CONFIG_INVALID', `${path} is not valid YAML: ${(err as Error).message}`);
-  }
-  return validateFile(doc, path);
+  return validateFile(await readYamlFile(path), path);
 }
 
 export function validateFile(doc: unknown, source: string): MirrorFile {
-  const result = fileSchema.safeParse(doc);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const where = issue.path.length ? issue.path.join('.') : '(top level)';
-  const keys = issue.code === 'unrecognized_keys' ? issue.keys : [];
-  if (keys.length) {
-    const path = [...issue.path, keys[0]].join('.');
-    throw invalid(`${source}: ${path}`, 'unknown key', 'remove it or check its spelling');
-  }
-  throw invalid(`${source}: ${where}`, issue.message);
+  return validateDocument(fileSchema, doc, source,
+    'remove it or check its spelling; the README lists the keys');
 }
 
 /** Builds the mirror's configuration: defaults, then the file, then the flags. */
