@@ -6,6 +6,7 @@ import { WharfError, toWharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
 import type { BlobWriter } from '../store/blob-store.js';
 import type { BlobResponse } from '../upstream/client.js';
+import { drained } from '../util/drained.js';
 
 const READ_CHUNK = 256 * 1024;
 /** Bytes a pass-through fetch keeps in memory ahead of its slowest client. */
@@ -269,17 +270,4 @@ export class BlobFetch extends EventEmitter {
       throw err;
     }
   }
-}
-
-/** Resolves when a writable can take more, or is gone; leaves no listener behind. */
-function drained(out: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      out.off('drain', done);
-      out.off('close', done);
-      resolve();
-    };
-    out.on('drain', done);
-    out.on('close', done);
-  });
 }

@@ -3,7 +3,7 @@ import {
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
-import { drained } from './drained.js';
+import { drained } from '../../src/util/drained.js';
 import { Pacer } from './pacer.js';
 import { registerCleanup } from './tmp.js';
 

@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os';
+import { mapLimit } from '../../src/agent/retry.js';
 
 import {
   blobPath, initLayout, tagInLayout, writeBlob, type Descriptor, type Platform,
@@ -159,7 +160,7 @@ async function writeImage(
     })),
     ...spec.layers.map((size) => ({ size, foreign: false })),
   ];
-  const written = await mapLimited(jobs, availableParallelism(), (job, i) =>
+  const written = await mapLimit(jobs, availableParallelism(), (job, i) =>
     writeRandomLayer(dir, {
       contentSize: job.size,
       fileName: `wharf-layer-${i}.bin`,
@@ -237,22 +238,4 @@ function manifestBlob(image: BuiltImage): BlobInfo {
     digest: image.digest, size: image.size, mediaType: image.mediaType,
     path: blobPath(image.dir, image.digest),
   };
-}
-
-/** Like Promise.all over `items`, with at most `limit` running at once, order kept. */
-async function mapLimited<T, R>(
-  items: T[],
-  limit: number,
-  fn: (item: T, index: number) => Promise<R>,
-): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
 }

@@ -1,25 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Descriptor, Platform } from '../../src/oci/manifest.js';
 
 /** The annotation that names a tag in an OCI layout's index.json. */
 export const REF_NAME = 'org.opencontainers.image.ref.name';
 
-export interface Descriptor {
-  mediaType: string;
-  digest: string;
-  size: number;
-  urls?: string[];
-  platform?: Platform;
-  annotations?: Record<string, string>;
-}
-
-export interface Platform {
-  os: string;
-  architecture: string;
-  variant?: string;
-  'os.version'?: string;
-}
+export type { Descriptor, Platform };
 
 export interface LayoutIndex {
   schemaVersion: 2;

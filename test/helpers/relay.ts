@@ -1,7 +1,7 @@
 import { createServer, connect, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
 
-import { drained } from './drained.js';
+import { drained } from '../../src/util/drained.js';
 import { Pacer } from './pacer.js';
 import { registerCleanup } from './tmp.js';
 
