@@ -1,8 +1,8 @@
-import { access } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { resolve } from 'node:path';
 
 import { cleanupAll } from '../test/helpers/tmp.js';
+import { benchEnsure } from './ensure.js';
 import { benchGc } from './gc.js';
 import { benchMirror } from './mirror.js';
 import { parseArgs, USAGE, UsageError } from './support/args.js';
@@ -23,26 +23,7 @@ const BENCHMARKS: Record<string, Bench> = {
   ensure: benchEnsure,
 };
 
-/**
- * `bench/ensure.ts` is written by someone else and may not exist yet: it is looked up at run
- * time, so its absence skips one benchmark instead of breaking the typecheck of the others.
- */
-async function benchEnsure(options: BenchOptions): Promise<BenchResult | undefined> {
-  const file = new URL('./ensure.ts', import.meta.url);
-  const present = await access(file).then(() => true, () => false);
-  if (!present) {
-    console.log('== ensure: skipped, bench/ensure.ts does not exist yet');
-    return undefined;
-  }
-  const specifier: string = './ensure.js';
-  const mod = (await import(specifier)) as { benchEnsure?: Bench };
-  if (typeof mod.benchEnsure !== 'function') {
-    throw new Error('bench/ensure.ts exports no benchEnsure function');
-  }
-  return mod.benchEnsure(options);
-}
-
-/** bench/ensure.ts is written separately; what it returns is checked, not assumed. */
+/** Anything a benchmark returns is checked before it is formatted as a result. */
 function isBenchResult(value: unknown): value is BenchResult {
   const v = value as Partial<BenchResult> | undefined;
   return typeof v?.name === 'string' && Array.isArray(v.sections) && Array.isArray(v.checks);
