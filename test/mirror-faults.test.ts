@@ -106,6 +106,12 @@ describe('the mirror under faults and bad input', () => {
       const unknown = await get(`${base}/manifests/never-pulled`);
       assert.equal(unknown.status, 503);
       assert.equal(errorCode(unknown.body), 'UNAVAILABLE');
+      // The tag list falls back to the tags the mirror has seen at the origin.
+      const tags = await get(`${base}/tags/list`);
+      assert.equal(tags.status, 200);
+      assert.deepEqual((JSON.parse(tags.body.toString()) as { tags: string[] }).tags, ['v1']);
+      const neverListed = await get(`${mirror.url}/v2/origin/ci/other/tags/list`);
+      assert.equal(neverListed.status, 503);
     } finally {
       await origin.up();
     }

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildImage, buildIndex, type BuiltImage, type BuiltIndex } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
-import { skopeoCopy, skopeoInspectRaw } from './helpers/skopeo.js';
+import { skopeoCopy, skopeoInspectRaw, skopeoListTags } from './helpers/skopeo.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 import { get, metric, startTestMirror } from './support/mirror.js';
 import type { RunningMirror } from '../src/mirror/server.js';
@@ -25,6 +25,7 @@ describe('the mirror serves the pull API from its upstreams', () => {
     const dir = await makeTempDir('images');
     image = await buildImage(join(dir, 'app'), { layers: [300_000, 50_000], tag: 'v1' });
     await pushLayout(origin.url, 'ci/app', 'v1', image.dir);
+    for (const tag of ['v2', 'latest']) await pushLayout(origin.url, 'ci/app', tag, image.dir);
     // A Docker manifest list as Windows base images are published: several Windows builds,
     // legacy foreign layers, and a Linux entry.
     windows = await buildIndex(
@@ -148,6 +149,36 @@ describe('the mirror serves the pull API from its upstreams', () => {
     await get(url);
     const afterHits = await metric(mirror.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'hit' });
     assert.equal(afterHits, before + 1);
+  });
+
+  test('skopeo lists a repository\'s tags through the mirror as the origin has them', async () => {
+    const tags = await skopeoListTags(`docker://${name}/ci/app`);
+    assert.deepEqual([...tags].sort(), ['latest', 'v1', 'v2']);
+  });
+
+  test('tag lists come in pages whose next links lead back through the mirror', async () => {
+    const prefix = origin.host.replace(':', '_');
+    const seen: string[] = [];
+    let path: string | undefined = `/v2/${prefix}/ci/app/tags/list?n=2`;
+    for (let pages = 0; path; pages++) {
+      assert.ok(pages < 3, 'the pages never end');
+      const res = await get(`${mirror.url}${path}`);
+      assert.equal(res.status, 200);
+      const body = JSON.parse(res.body.toString()) as { name: string; tags: string[] };
+      assert.equal(body.name, `${prefix}/ci/app`);
+      assert.ok(body.tags.length <= 2);
+      seen.push(...body.tags);
+      const link = res.headers.link as string | undefined;
+      path = link ? /^<([^>]+)>; rel="next"$/.exec(link)?.[1] : undefined;
+      if (link) assert.ok(path?.startsWith(`/v2/${prefix}/ci/app/tags/list?`), link);
+    }
+    assert.deepEqual(seen, ['latest', 'v1', 'v2']);
+
+    const bad = await get(`${mirror.url}/v2/${prefix}/ci/app/tags/list?n=-1`);
+    assert.equal(bad.status, 400);
+    const missing = await get(`${mirror.url}/v2/${prefix}/ci/nothing/tags/list`);
+    assert.equal(missing.status, 404);
+    assert.equal((JSON.parse(missing.body.toString()) as { errors: { code: string }[] }).errors[0]!.code, 'NAME_UNKNOWN');
   });
 
   test('pushes are refused as unsupported', async () => {

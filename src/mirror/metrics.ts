@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-export type RequestKind = 'manifest' | 'blob' | 'blob_head' | 'manifest_head';
+export type RequestKind = 'manifest' | 'blob' | 'blob_head' | 'manifest_head' | 'tags';
 export type Outcome =
   | 'hit' | 'miss' | 'coalesced' | 'stale' | 'revalidated' | 'not_found' | 'error';
 

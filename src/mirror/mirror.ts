@@ -7,7 +7,9 @@ import { BlobStore, type BlobWriter } from '../store/blob-store.js';
 import type { IndexDb } from '../store/index-db.js';
 import { openIndex, recover } from '../store/recovery.js';
 import { CacheManager } from './cache.js';
-import { RegistryClient, isUnavailable, type FetchedManifest } from '../upstream/client.js';
+import {
+  RegistryClient, isUnavailable, type FetchedManifest, type TagPage, type TagQuery,
+} from '../upstream/client.js';
 import { BlobFetch } from './blob-fetch.js';
 import type { MirrorConfig, UpstreamConfig } from './config.js';
 import type { MirrorMetrics, Outcome } from './metrics.js';
@@ -357,6 +359,37 @@ export class Mirror {
     return { fetch, finished };
   }
 
+  // ---- tag lists -------------------------------------------------------------------------
+
+  /**
+   * A page of a repository's tags, as the upstream lists them. When the upstream cannot be
+   * asked, the tags the mirror has seen there are listed instead, and said so: runners that
+   * look up tags keep working while the origin is down.
+   */
+  async tags(upstream: UpstreamConfig, repo: string, query: TagQuery): Promise<TagPage & { outcome: Outcome }> {
+    try {
+      const page = await this.upstreamCall(upstream, () => this.client(upstream).listTags(repo, query));
+      if (!page) {
+        throw new WharfError('WHARF_NAME_UNKNOWN', `repository ${repo} is not at upstream ${upstream.name}`, {
+          hint: 'check the repository name',
+        });
+      }
+      // An upstream that ignores `n` and `last` (distribution 2.x does) sends the whole list
+      // without a next link: the mirror pages it as the client asked.
+      if (page.next !== undefined) return { ...page, outcome: 'miss' };
+      return { ...pageOf([...page.tags].sort(), query), outcome: 'miss' };
+    } catch (err) {
+      const known = isUnavailable(err) ? this.index.tagsOf(upstream.name, repo) : [];
+      if (known.length === 0) throw err;
+      this.metrics.staleServed.inc({ upstream: upstream.name });
+      this.logger.warn(
+        { upstream: upstream.name, repo, err: (err as Error).message },
+        'serving the tags seen before: the upstream is unavailable',
+      );
+      return { ...pageOf(known, query), outcome: 'stale' };
+    }
+  }
+
   // ---- shared ----------------------------------------------------------------------------
 
   /** Calls an upstream, keeping its up/down state and error metrics current. */
@@ -379,6 +412,16 @@ export class Mirror {
     this.index.deleteBlob(digest);
     this.grow(-size);
   }
+}
+
+/** A page of a lexically sorted tag list, the way the distribution spec pages `tags/list`. */
+function pageOf(sorted: string[], query: TagQuery): TagPage {
+  const after = query.last;
+  const from = after === undefined ? 0 : sorted.findIndex((t) => t > after);
+  const rest = from < 0 ? [] : sorted.slice(from);
+  if (query.n === undefined || rest.length <= query.n) return { tags: rest };
+  const tags = rest.slice(0, query.n);
+  return { tags, next: tags.at(-1) };
 }
 
 function manifestUnknown(repo: string, ref: string): WharfError {

@@ -9,10 +9,13 @@ export type Route =
   | { kind: 'base' }
   | { kind: 'manifest'; upstream: UpstreamConfig; repo: string; ref: ManifestRef }
   | { kind: 'blob'; upstream: UpstreamConfig; repo: string; digest: string }
+  /** `path` is the repository as the client named it, upstream prefix included. */
+  | { kind: 'tags'; upstream: UpstreamConfig; repo: string; path: string }
   | { kind: 'push' }
   | { kind: 'other' };
 
 const API = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/;
+const TAGS = /^\/v2\/(.+)\/tags\/list$/;
 const UPLOAD = /^\/v2\/.+\/blobs\/uploads(?:\/.*)?$/;
 
 /**
@@ -37,6 +40,11 @@ export class Router {
   resolve(pathname: string, ns: string | null): Route {
     if (pathname === '/v2/' || pathname === '/v2') return { kind: 'base' };
     if (UPLOAD.test(pathname)) return { kind: 'push' };
+    const tags = TAGS.exec(pathname);
+    if (tags) {
+      const { upstream, repo } = this.pick(tags[1]!, ns);
+      return { kind: 'tags', upstream, repo: normalise(upstream, checkRepository(repo)), path: tags[1]! };
+    }
     const m = API.exec(pathname);
     if (!m) return { kind: 'other' };
     const [, path, what, ref] = m as unknown as [string, string, string, string];

@@ -6,7 +6,9 @@ import type { Logger } from '../log.js';
 import type { MirrorConfig, UpstreamConfig } from './config.js';
 import { MirrorMetrics, type RequestKind } from './metrics.js';
 import { Mirror, type BlobSource } from './mirror.js';
-import { Router } from './routing.js';
+import { Router, type Route } from './routing.js';
+import { isValidTag } from '../oci/reference.js';
+import type { TagQuery } from '../upstream/client.js';
 import { parseRange } from './range.js';
 import { Pinner } from './pinner.js';
 
@@ -126,6 +128,8 @@ async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): 
     return sendError(res, new WharfError('WHARF_NAME_UNKNOWN', `no such endpoint ${url.pathname}`));
   }
 
+  if (route.kind === 'tags') return sendTags(res, route, url.searchParams, method, ctx);
+
   const kind: RequestKind = route.kind === 'manifest'
     ? (method === 'HEAD' ? 'manifest_head' : 'manifest')
     : (method === 'HEAD' ? 'blob_head' : 'blob');
@@ -163,6 +167,67 @@ async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): 
     if (res.headersSent) res.destroy();
     else sendError(res, error);
   }
+}
+
+/** Tag lists pass through to the upstream, paged as it pages them, with the client's names. */
+async function sendTags(
+  res: ServerResponse,
+  route: Extract<Route, { kind: 'tags' }>,
+  params: URLSearchParams,
+  method: string,
+  ctx: Context,
+): Promise<void> {
+  const timer = ctx.metrics.requestSeconds.startTimer({ kind: 'tags' });
+  try {
+    const query = tagQuery(params);
+    const page = await ctx.mirror.tags(route.upstream, route.repo, query);
+    ctx.metrics.requests.inc({ kind: 'tags', outcome: page.outcome });
+    const body = JSON.stringify({ name: route.path, tags: page.tags });
+    const headers: Record<string, string | number> = {
+      ...API_VERSION,
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+    };
+    if (page.next !== undefined) {
+      const next = new URLSearchParams();
+      if (query.n !== undefined) next.set('n', String(query.n));
+      next.set('last', page.next);
+      const ns = params.get('ns');
+      if (ns !== null) next.set('ns', ns);
+      headers.link = `</v2/${route.path}/tags/list?${next}>; rel="next"`;
+    }
+    res.writeHead(200, headers);
+    timer();
+    res.end(method === 'HEAD' ? undefined : body);
+  } catch (err) {
+    const error = toWharfError(err);
+    ctx.metrics.requests.inc({ kind: 'tags', outcome: error.status === 404 ? 'not_found' : 'error' });
+    sendError(res, error);
+  }
+}
+
+/** `?n=` and `?last=` of a tag list request, checked before they go into an upstream URL. */
+function tagQuery(params: URLSearchParams): TagQuery {
+  const query: TagQuery = {};
+  const n = params.get('n');
+  if (n !== null) {
+    if (!/^\d{1,9}$/.test(n)) {
+      throw new WharfError('WHARF_PAGINATION_INVALID', `n=${JSON.stringify(n)} is not a page size`, {
+        hint: 'give n as a whole number of tags',
+      });
+    }
+    query.n = Number(n);
+  }
+  const last = params.get('last');
+  if (last !== null) {
+    if (!isValidTag(last)) {
+      throw new WharfError('WHARF_PAGINATION_INVALID', `last=${JSON.stringify(last)} is not a tag`, {
+        hint: 'give last as the final tag of the previous page',
+      });
+    }
+    query.last = last;
+  }
+  return query;
 }
 
 function blobHeaders(digest: string, size: number | undefined): Record<string, string | number> {

@@ -125,6 +125,9 @@ export class IndexDb {
          ON CONFLICT DO UPDATE SET digest = excluded.digest, confirmed_at = excluded.confirmed_at`,
       ),
       deleteTag: db.prepare('DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ?'),
+      tagsOf: db.prepare<[string, string], { tag: string }>(
+        'SELECT tag FROM tags WHERE upstream = ? AND repo = ? ORDER BY tag',
+      ),
       addRef: db.prepare('INSERT OR IGNORE INTO refs (parent, child) VALUES (?, ?)'),
       totalSize: db.prepare<[], { total: number | null }>('SELECT SUM(size) AS total FROM blobs'),
       lruPage: db.prepare<[number, string, number], BlobRow>(
@@ -223,6 +226,11 @@ export class IndexDb {
 
   putTag(upstream: string, repo: string, tag: string, digest: string, now = Date.now()): void {
     this.stmts.putTag.run(upstream, repo, tag, digest, now);
+  }
+
+  /** The tags of a repository the mirror has seen at its upstream, in lexical order. */
+  tagsOf(upstream: string, repo: string): string[] {
+    return this.stmts.tagsOf.all(upstream, repo).map((row) => row.tag);
   }
 
   deleteTag(upstream: string, repo: string, tag: string): void {

@@ -34,6 +34,19 @@ export interface FetchedManifest extends ManifestHead {
   parsed: ParsedManifest;
 }
 
+/** One page of a repository's tag list. */
+export interface TagPage {
+  tags: string[];
+  /** The `last` to ask for the next page with, when the upstream said there is one. */
+  next?: string;
+}
+
+/** Where a tag list is to start, and how long it may be (`?n=` and `?last=`). */
+export interface TagQuery {
+  n?: number;
+  last?: string;
+}
+
 export interface BlobResponse {
   body: Dispatcher.ResponseData['body'];
   /** Bytes the upstream announced, when it did. */
@@ -42,6 +55,8 @@ export interface BlobResponse {
 
 /** Larger than any real manifest; keeps a hostile upstream from filling memory. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/** Room for some 100,000 tags. */
+const MAX_TAG_LIST_BYTES = 8 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
 
 /** Maps an upstream's HTTP status onto a wharf error code, for everything but 404. */
@@ -150,6 +165,36 @@ export class RegistryClient {
       size: body.length,
       parsed,
     };
+  }
+
+  /** One page of the repository's tags, or null when the upstream does not know it. */
+  async listTags(repo: string, query: TagQuery = {}): Promise<TagPage | null> {
+    const params = new URLSearchParams();
+    if (query.n !== undefined) params.set('n', String(query.n));
+    if (query.last !== undefined) params.set('last', query.last);
+    const search = params.size > 0 ? `?${params}` : '';
+    const res = await this.send('GET', repo, `tags/list${search}`, { accept: 'application/json' });
+    if (res.statusCode === 404) {
+      await res.body.dump();
+      return null;
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      this.check(res, repo, 'tag list');
+    }
+    const body = await readLimited(res.body, MAX_TAG_LIST_BYTES, `tag list of ${repo}`, 'WHARF_UPSTREAM_PROTOCOL');
+    let tags: unknown;
+    try {
+      tags = (JSON.parse(body.toString('utf8')) as { tags?: unknown }).tags;
+    } catch {
+      tags = undefined;
+    }
+    // A repository without tags may come back as `"tags": null`.
+    if (tags === null) tags = [];
+    if (!Array.isArray(tags) || !tags.every((t) => typeof t === 'string')) {
+      throw new WharfError('WHARF_UPSTREAM_PROTOCOL', `upstream ${this.name} sent a malformed tag list for ${repo}`);
+    }
+    return { tags, next: nextLast(header(res, 'link')) };
   }
 
   /** HEAD of a blob in a repository: its size, or null when the repository does not have it. */
@@ -267,6 +312,7 @@ async function readLimited(
   body: Dispatcher.ResponseData['body'],
   limit: number,
   what: string,
+  code: ErrorCode = 'WHARF_MANIFEST_TOO_LARGE',
 ): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
@@ -274,9 +320,17 @@ async function readLimited(
     size += (chunk as Buffer).length;
     if (size > limit) {
       body.destroy();
-      throw new WharfError('WHARF_MANIFEST_TOO_LARGE', `${what} is larger than ${limit} bytes`);
+      throw new WharfError(code, `${what} is larger than ${limit} bytes`);
     }
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);
+}
+
+/** The `last` parameter of a `Link: <...>; rel="next"` header (RFC 8288), if there is one. */
+function nextLast(link: string | undefined): string | undefined {
+  const m = link && /<([^>]*)>\s*;\s*rel="?next"?/i.exec(link);
+  if (!m) return undefined;
+  const last = new URL(m[1]!, 'http://link.invalid/').searchParams.get('last');
+  return last ?? undefined;
 }

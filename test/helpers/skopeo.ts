@@ -29,6 +29,18 @@ export async function skopeoInspectRaw(ref: string): Promise<Buffer> {
   return stdout;
 }
 
+/** `skopeo list-tags` of a repository (`docker://HOST/REPO`): its tags, as skopeo collected them. */
+export async function skopeoListTags(repo: string): Promise<string[]> {
+  const args = ['list-tags', ...tlsFlags(repo, 'src', 'tls-verify'), repo];
+  try {
+    const { stdout } = await run('skopeo', args, { maxBuffer: 1 << 24 });
+    return (JSON.parse(stdout) as { Tags: string[] }).Tags;
+  } catch (err) {
+    const e = err as Error & { stderr?: string };
+    throw new Error(`skopeo ${args.join(' ')} failed: ${e.stderr?.trim() || e.message}`);
+  }
+}
+
 function tlsFlags(ref: string, side: 'src' | 'dest', flag = `${side}-tls-verify`): string[] {
   return ref.startsWith('docker://') ? [`--${flag}=false`] : [];
 }
