@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { rm } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isWharfError } from '../src/errors.js';
@@ -10,7 +10,10 @@ import { startDockerd, type Dockerd } from './helpers/dockerd.js';
 import { buildImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
+import { makeEnginePki, type EnginePki } from './helpers/tls.js';
 import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
+import { runEnsure } from '../src/cli/ensure.js';
+import { PassThrough } from 'node:stream';
 
 describe('the engine client speaks the Docker Engine API', () => {
   let dockerd: Dockerd;
@@ -114,14 +117,20 @@ describe('engine addresses are read as DOCKER_HOST writes them', () => {
     assert.equal(tcp.kind === 'tcp' && tcp.origin, 'http://127.0.0.1:2375');
   });
 
-  test('the flag wins over DOCKER_HOST, and a TLS DOCKER_HOST is refused with a hint', () => {
-    const env = { DOCKER_HOST: 'tcp://10.0.0.1:2376', DOCKER_TLS_VERIFY: '1' };
+  test('the flag wins over DOCKER_HOST, and DOCKER_TLS_VERIFY turns tcp into TLS', () => {
+    const certs = '/etc/wharf-test-certs-that-do-not-exist';
+    const env = { DOCKER_HOST: 'tcp://10.0.0.1:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: certs };
     assert.equal(engineAddressFrom('unix:///tmp/d.sock', env).text, 'unix:///tmp/d.sock');
-    assert.throws(() => engineAddressFrom(undefined, env), (err) => {
-      assert.ok(isWharfError(err, 'WHARF_BAD_USAGE'));
-      assert.match(err.message, /DOCKER_HOST/);
-      return true;
-    });
+    const tls = engineAddressFrom(undefined, env);
+    assert.equal(tls.kind === 'tcp' && tls.origin, 'https://10.0.0.1:2376');
+    assert.deepEqual(tls.kind === 'tcp' && tls.tls, { verify: true, certPath: certs,
+      caFile: undefined, certFile: undefined, keyFile: undefined });
+    // No port: the TLS port, as the docker CLI picks it; DOCKER_TLS alone skips verification.
+    const bare = engineAddressFrom('tcp://10.0.0.1', { DOCKER_TLS: '1', DOCKER_CERT_PATH: certs });
+    assert.equal(bare.kind === 'tcp' && bare.origin, 'https://10.0.0.1:2376');
+    assert.equal(bare.kind === 'tcp' && bare.tls?.verify, false);
+    const plain = engineAddressFrom(undefined, { DOCKER_HOST: 'tcp://10.0.0.1' });
+    assert.equal(plain.kind === 'tcp' && plain.origin, 'http://10.0.0.1:2375');
   });
 
   test('an address wharf cannot use names the option it came from', () => {
@@ -132,5 +141,68 @@ describe('engine addresses are read as DOCKER_HOST writes them', () => {
         return true;
       });
     }
+  });
+});
+
+describe('an engine behind TLS is reached the way the docker CLI reaches it', () => {
+  let dockerd: Dockerd;
+  let registry: Registry;
+  let pki: EnginePki;
+  let port: number;
+
+  before(async () => {
+    pki = await makeEnginePki();
+    port = await freePort();
+    [dockerd, registry] = await Promise.all([
+      startDockerd({ tls: { port, ca: pki.ca, cert: pki.serverCert, key: pki.serverKey } }),
+      startRegistry({ logLevel: 'error' }),
+    ]);
+  });
+  after(cleanupAll);
+
+  const tlsEnv = (certPath: string) => ({
+    DOCKER_HOST: `tcp://127.0.0.1:${port}`,
+    DOCKER_TLS_VERIFY: '1',
+    DOCKER_CERT_PATH: certPath,
+  });
+
+  test('wharf ensure pulls over TLS with the certificates of DOCKER_CERT_PATH', async () => {
+    const dir = await makeTempDir('engine-tls');
+    const image = await buildImage(join(dir, 'img'), { layers: [200_000], tag: 'v1' });
+    await pushLayout(registry.url, 'engine/tls', 'v1', image.dir);
+    const out = new PassThrough();
+    let printed = '';
+    out.on('data', (c: Buffer) => (printed += c.toString()));
+    const env = { ...tlsEnv(pki.clientDir), DOCKER_CONFIG: dockerd.dockerConfig };
+    const code = await runEnsure(`${registry.host}/engine/tls:v1`, { json: true },
+      { stdout: out, stderr: new PassThrough(), env });
+    assert.equal(code, 0, printed);
+    const result = JSON.parse(printed) as { digest: string; source: string };
+    assert.equal(result.digest, image.digest);
+    assert.equal(result.source, 'origin');
+    // The image is in the engine the socket also reaches: the same daemon, spoken to over TLS.
+    const digests = await dockerd.docker(['image', 'inspect', '--format', '{{json .RepoDigests}}',
+      `${registry.host}/engine/tls:v1`]);
+    assert.match(digests, new RegExp(image.digest));
+  });
+
+  test('certificates the engine does not trust, or none, fail with a hint about TLS', async () => {
+    // The engine's CA but a client certificate another CA signed: the engine says no.
+    const wrongClient = await makeTempDir('wrong-client');
+    await copyFile(pki.ca, join(wrongClient, 'ca.pem'));
+    for (const f of ['cert.pem', 'key.pem']) await copyFile(join(pki.strangerDir, f), join(wrongClient, f));
+    for (const certPath of [pki.strangerDir, await makeTempDir('no-certs'), wrongClient]) {
+      const engine = new DockerEngine(engineAddressFrom(undefined, tlsEnv(certPath)));
+      await assert.rejects(engine.info(), (err) => {
+        assert.ok(isWharfError(err, 'WHARF_ENGINE_UNREACHABLE'), String(err));
+        assert.match(err.hint ?? '', /DOCKER_CERT_PATH/, err.message);
+        return true;
+      });
+      await engine.close();
+    }
+    // Plain HTTP to the TLS port is refused too: nothing goes out unencrypted.
+    const plain = new DockerEngine(engineAddressFrom(`tcp://127.0.0.1:${port}`, {}));
+    await assert.rejects(plain.info());
+    await plain.close();
   });
 });

@@ -1,10 +1,27 @@
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { WharfError } from '../errors.js';
 
-/** Where the container engine listens: a unix socket, a Windows named pipe or plain TCP. */
+/**
+ * TLS to an engine on TCP, as the docker CLI sets it up from `DOCKER_TLS_VERIFY`,
+ * `DOCKER_TLS` and `DOCKER_CERT_PATH`: files that do not exist are left out.
+ */
+export interface EngineTls {
+  /** Check the engine's certificate (against `caFile`, else the system's roots). */
+  verify: boolean;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  /** Where the files were looked for, for error messages. */
+  certPath: string;
+}
+
+/** Where the container engine listens: a unix socket, a Windows named pipe or TCP. */
 export type EngineAddress =
   | { kind: 'unix'; socketPath: string; text: string }
   | { kind: 'npipe'; socketPath: string; text: string }
-  | { kind: 'tcp'; origin: string; text: string };
+  | { kind: 'tcp'; origin: string; text: string; tls?: EngineTls };
 
 export const DEFAULT_UNIX_SOCKET = 'unix:///var/run/docker.sock';
 export const DEFAULT_NAMED_PIPE = 'npipe:////./pipe/docker_engine';
@@ -52,30 +69,40 @@ export function parseEngineAddress(text: string, option = '--engine'): EngineAdd
   if (trimmed.startsWith('ssh://') || trimmed.startsWith('https://')) {
     const what = `${option}: ${JSON.stringify(text)} is not supported`;
     throw new WharfError('WHARF_BAD_USAGE', what, {
-      hint: 'wharf talks to the engine over its local socket, named pipe or plain tcp://; ' +
-        'run wharf on the engine\'s host',
+      hint: 'wharf talks to the engine over its local socket, named pipe or tcp:// (with TLS ' +
+        'from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH); run wharf on the engine\'s host',
     });
   }
   throw invalid(text, option, 'unknown scheme');
 }
 
 /**
- * The address to use: the flag, else `DOCKER_HOST`, else the platform's default. A TLS setup
- * (`DOCKER_TLS_VERIFY`) is refused rather than silently spoken to in plain text.
+ * The address to use: the flag, else `DOCKER_HOST`, else the platform's default. A TCP address
+ * speaks TLS when `DOCKER_TLS_VERIFY` or `DOCKER_TLS` is set, with the certificates of
+ * `DOCKER_CERT_PATH` (default `~/.docker`), the way the docker CLI reads them.
  */
 export function engineAddressFrom(
   flag: string | undefined,
   env: NodeJS.ProcessEnv = process.env,
 ): EngineAddress {
-  if (flag) return parseEngineAddress(flag, '--engine');
-  if (env.DOCKER_HOST) {
-    if (env.DOCKER_TLS_VERIFY && env.DOCKER_HOST.startsWith('tcp://')) {
-      const what = 'DOCKER_HOST asks for TLS, which wharf does not speak';
-      throw new WharfError('WHARF_BAD_USAGE', what, {
-        hint: 'run wharf on the engine\'s host and let it use the local socket or named pipe',
-      });
-    }
-    return parseEngineAddress(env.DOCKER_HOST, 'DOCKER_HOST');
-  }
-  return parseEngineAddress(defaultEngineAddress());
+  const address = flag
+    ? parseEngineAddress(flag, '--engine')
+    : parseEngineAddress(env.DOCKER_HOST || defaultEngineAddress(), env.DOCKER_HOST ? 'DOCKER_HOST' : '--engine');
+  if (address.kind !== 'tcp') return address;
+  const verify = Boolean(env.DOCKER_TLS_VERIFY);
+  if (!verify && !env.DOCKER_TLS) return address;
+  const certPath = env.DOCKER_CERT_PATH || join(homedir(), '.docker');
+  const file = (name: string) => {
+    const path = join(certPath, name);
+    return existsSync(path) ? path : undefined;
+  };
+  const url = new URL(address.origin);
+  url.protocol = 'https:';
+  // An address written without a port means the TLS port, as with the docker CLI.
+  if (!/:\d+\/?$/.test(address.text)) url.port = '2376';
+  return {
+    ...address,
+    origin: url.origin,
+    tls: { verify, caFile: file('ca.pem'), certFile: file('cert.pem'), keyFile: file('key.pem'), certPath },
+  };
 }

@@ -1,7 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { Agent, request, type Dispatcher } from 'undici';
 import { WharfError, isWharfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { EngineAddress } from './address.js';
+import type { EngineAddress, EngineTls } from './address.js';
 import { PullStream } from './pull-stream.js';
 import type {
   ContainerSummary,
@@ -40,6 +41,7 @@ export class DockerEngine implements Engine {
   readonly address: string;
   private readonly origin: string;
   private readonly dispatcher: Agent;
+  private readonly tls: boolean;
   private readonly logger: Logger;
   private readonly timeoutMs: number;
   private apiVersion: Promise<string> | undefined;
@@ -48,9 +50,10 @@ export class DockerEngine implements Engine {
     this.address = address.text;
     this.logger = options.logger ?? silentLogger();
     this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS;
+    this.tls = address.kind === 'tcp' && address.tls !== undefined;
     if (address.kind === 'tcp') {
       this.origin = address.origin;
-      this.dispatcher = new Agent({ connect: { timeout: this.timeoutMs } });
+      this.dispatcher = new Agent({ connect: { timeout: this.timeoutMs, ...tlsOptions(address.tls) } });
     } else {
       // The host part is ignored on a socket or pipe, but HTTP/1.1 needs one.
       this.origin = 'http://docker';
@@ -217,7 +220,7 @@ export class DockerEngine implements Engine {
       });
     } catch (err) {
       if (opts.signal?.aborted || isWharfError(err)) throw err;
-      throw unreachable(this.address, err);
+      throw unreachable(this.address, err, this.tls);
     }
   }
 
@@ -236,13 +239,41 @@ export class DockerEngine implements Engine {
   }
 }
 
-function unreachable(address: string, err: unknown): WharfError {
-  const code = (err as { code?: string }).code;
+/** Certificates for a TLS engine, read once; a file named but unreadable is a usage error. */
+const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL|EPROTO/;
+
+function tlsOptions(tls: EngineTls | undefined): Record<string, unknown> {
+  if (!tls) return {};
+  const read = (path: string | undefined) => {
+    if (!path) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new WharfError('WHARF_BAD_USAGE', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+        hint: 'DOCKER_CERT_PATH names the folder with the engine\'s ca.pem, cert.pem and key.pem',
+      });
+    }
+  };
+  return {
+    ca: read(tls.caFile),
+    cert: read(tls.certFile),
+    key: read(tls.keyFile),
+    rejectUnauthorized: tls.verify,
+  };
+}
+
+function unreachable(address: string, err: unknown, tls: boolean): WharfError {
+  const code = (err as { code?: string }).code ?? (err as { cause?: { code?: string } }).cause?.code;
+  // An engine that refuses a client certificate just closes the connection after the handshake.
+  const tlsFailed = code !== undefined && (TLS_ERRORS.test(code) || (tls && code !== 'ECONNREFUSED'));
   const hint =
     code === 'EACCES'
       ? 'this user may not use the engine\'s socket: add it to the docker group, or run as ' +
         'an administrator'
-      : 'is the engine running? Point wharf at it with --engine or DOCKER_HOST';
+      : tlsFailed
+        ? 'the engine\'s TLS did not check out: DOCKER_CERT_PATH must hold the ca.pem that ' +
+          'signed its certificate, and the cert.pem and key.pem it accepts'
+        : 'is the engine running? Point wharf at it with --engine or DOCKER_HOST';
   return new WharfError(
     'WHARF_ENGINE_UNREACHABLE',
     `cannot reach the container engine at ${address}: ${(err as Error).message}`,

@@ -17,6 +17,8 @@ export interface DockerdOptions {
   insecureRegistries?: string[];
   /** Further daemon.json keys, e.g. { 'max-concurrent-downloads': 6 }. */
   daemonConfig?: Record<string, unknown>;
+  /** Also listen on 127.0.0.1:PORT with TLS, client certificates required (`--tlsverify`). */
+  tls?: { port: number; ca: string; cert: string; key: string };
 }
 
 export interface DockerOptions {
@@ -73,6 +75,12 @@ export async function startDockerd(options: DockerdOptions = {}): Promise<Docker
       '--data-root', dataRoot, '--exec-root', execRoot, '-H', `unix://${socketPath}`,
       '--pidfile', join(dataRoot, 'pid'), '--storage-driver', 'vfs',
       '--iptables=false', '--bridge=none', '--config-file', configFile,
+      ...(options.tls
+        ? [
+            '-H', `tcp://127.0.0.1:${options.tls.port}`, '--tlsverify', '--tlscacert', options.tls.ca,
+            '--tlscert', options.tls.cert, '--tlskey', options.tls.key,
+          ]
+        : []),
     ],
     logFile: join(dir, 'dockerd.log'),
   });
