@@ -131,7 +131,14 @@ export class BlobWriter {
     }
     const final = this.store.path(this.digest);
     await mkdir(join(final, '..'), { recursive: true });
-    await rename(this.tempPath, final);
+    try {
+      await rename(this.tempPath, final);
+    } catch (err) {
+      // Windows refuses to replace a file that is open, as a blob being served is. The blob
+      // already in place was verified when it was committed, and has the same content.
+      if ((await this.store.size(this.digest)) !== this.bytes) throw err;
+      await unlink(this.tempPath).catch(() => undefined);
+    }
   }
 
   /**
