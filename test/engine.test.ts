@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { isWharfError } from '../src/errors.js';
 import { engineAddressFrom, parseEngineAddress } from '../src/engine/address.js';
 import { DockerEngine, MAX_API_VERSION, compareApiVersions } from '../src/engine/client.js';
+import { PullStream } from '../src/engine/pull-stream.js';
 import type { PullProgress } from '../src/engine/types.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
 import { buildImage } from './helpers/images.js';
@@ -104,6 +105,21 @@ describe('the engine client speaks the Docker Engine API', () => {
     const tcp = new DockerEngine(parseEngineAddress(`tcp://127.0.0.1:${port}`));
     await assert.rejects(tcp.info(), (err) => isWharfError(err, 'WHARF_ENGINE_UNREACHABLE'));
     await tcp.close();
+  });
+});
+
+describe('the pull stream is read line by line', () => {
+  test('a retry countdown is one retry, and the layer starts again from zero', () => {
+    const stream = new PullStream('r/x:v1');
+    const line = (status: string, extra: object = {}) =>
+      `${JSON.stringify({ status, id: 'aaa', ...extra })}\n`;
+    stream.write(line('Downloading', { progressDetail: { current: 500, total: 1000 } }));
+    for (const n of [5, 4, 3, 2, 1]) stream.write(line(`Retrying in ${n} seconds`));
+    assert.equal(stream.retries, 1);
+    assert.equal(stream.progress().bytes, 0);
+    stream.write(line('Downloading', { progressDetail: { current: 100, total: 1000 } }));
+    stream.write(line('Retrying in 10 seconds'));
+    assert.equal(stream.retries, 2);
   });
 });
 

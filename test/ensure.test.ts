@@ -3,9 +3,11 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import { upstreamName } from '../src/agent/sources.js';
 import { runEnsure, type EnsureFlags } from '../src/cli/ensure.js';
 import type { RunningMirror } from '../src/mirror/server.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
+import { startFaultyOrigin } from './helpers/faulty-origin.js';
 import { buildImage, buildIndex } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
@@ -110,6 +112,36 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.equal(out.json.source, 'origin');
     assert.equal(out.json.digest, image.digest);
     assert.ok((await localDigests(name)).includes(image.digest));
+  });
+
+  test('when the pull through the mirror fails the image comes from the origin', async () => {
+    const dir = await makeTempDir('ensure-mirror-pull-fails');
+    const origin = await startRegistry({ logLevel: 'error' });
+    // The mirror reaches this origin through a proxy that cuts one layer off every time;
+    // the engine reaches the origin directly.
+    const faulty = await startFaultyOrigin(origin.url);
+    const mirror = await startTestMirror({
+      upstreams: [`${upstreamName(origin.host)}=${faulty.url}`],
+      tagTtlMs: 0,
+    });
+    const image = await buildImage(join(dir, 'v1'), { layers: [300_000, 200_000], tag: 'v1' });
+    await pushLayout(origin.url, 'ci/mirror-pull-fails', 'v1', image.dir);
+    const layer = image.layers[0]!.digest;
+    faulty.cutBlob(layer, 100_000);
+    const name = `${origin.host}/ci/mirror-pull-fails:v1`;
+
+    const out = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0, out.stdout + out.stderr);
+    assert.equal(out.json.source, 'origin');
+    assert.equal(out.json.digest, image.digest);
+    assert.ok((await localDigests(name)).includes(image.digest));
+    assert.ok(faulty.count('GET', /\/manifests\/v1$/) >= 1, 'the mirror resolved the tag');
+    const layerGets = faulty.count('GET', new RegExp(`/blobs/${layer}`));
+    // Each engine attempt costs the mirror up to two upstream fetches; the engine's own five
+    // attempts would show ten.
+    assert.ok(layerGets >= 1, 'the engine pulled the layer through the mirror first');
+    assert.ok(layerGets <= 4, `the mirror got one retry, not the engine's five (${layerGets})`);
   });
 
   test('when the origin is down the mirror serves what it holds', async () => {

@@ -22,6 +22,12 @@ export const ENSURE_DEFAULTS = {
   stallMs: 60_000,
   /** How often a stalled pull is started again before the next source is tried. */
   stallRetries: 2,
+  /**
+   * Layer downloads the engine may start over against the mirror before the origin is tried.
+   * One absorbs a blip; the engine would otherwise wait out four growing delays (50 s in all)
+   * against a mirror that cannot serve the layer.
+   */
+  mirrorRetries: 1,
 };
 
 export interface EnsureOptions {
@@ -193,6 +199,8 @@ async function pullFrom(
         platform: plan.enginePlatform,
         registryAuth,
         stallMs: options.stallMs ?? ENSURE_DEFAULTS.stallMs,
+        // The origin is the last source: there the engine's own retries are all there is.
+        maxRetries: source.kind === 'mirror' ? ENSURE_DEFAULTS.mirrorRetries : undefined,
         signal: options.signal,
         onProgress: (p) => emit({ type: 'pull-progress', image: name, source: source.kind,
           bytes: p.bytes, total: p.total }),

@@ -144,7 +144,9 @@ export class DockerEngine implements Engine {
     if (options.registryAuth) headers['x-registry-auth'] = options.registryAuth;
 
     const stall = new AbortController();
-    const signal = options.signal ? AbortSignal.any([options.signal, stall.signal]) : stall.signal;
+    const giveUp = new AbortController();
+    const own = [stall.signal, giveUp.signal];
+    const signal = AbortSignal.any(options.signal ? [options.signal, ...own] : own);
     const stallMs = options.stallMs ?? 0;
     let timer: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -168,7 +170,12 @@ export class DockerEngine implements Engine {
           arm();
           options.onProgress?.(stream.progress());
         }
+        if (options.maxRetries !== undefined && stream.retries > options.maxRetries) {
+          giveUp.abort();
+          break;
+        }
       }
+      if (giveUp.signal.aborted) throw tooManyRetries(ref, stream.retries);
       return stream.end();
     } catch (err) {
       if (stall.signal.aborted && !options.signal?.aborted) {
@@ -278,6 +285,14 @@ function unreachable(address: string, err: unknown, tls: boolean): WharfError {
     'WHARF_ENGINE_UNREACHABLE',
     `cannot reach the container engine at ${address}: ${(err as Error).message}`,
     { hint, cause: err, detail: { engine: address } },
+  );
+}
+
+function tooManyRetries(ref: string, retries: number): WharfError {
+  return new WharfError(
+    'WHARF_PULL_FAILED',
+    `pull of ${ref} failed: the registry broke off layer downloads ${retries} times`,
+    { hint: 'the registry or the network between it and the engine is failing; try another' },
   );
 }
 

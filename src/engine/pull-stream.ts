@@ -24,6 +24,7 @@ export class PullStream {
   private digest: string | undefined;
   private status: string | undefined;
   private pending = '';
+  private retryCount = 0;
 
   constructor(private readonly ref: string) {}
 
@@ -47,6 +48,11 @@ export class PullStream {
     this.pending = '';
     if (rest) this.line(rest);
     return { bytes: this.progress().bytes, digest: this.digest, status: this.status };
+  }
+
+  /** How often the engine has started a layer's download over in this pull. */
+  get retries(): number {
+    return this.retryCount;
   }
 
   progress(): PullProgress {
@@ -90,6 +96,8 @@ export class PullStream {
       layer = { id, status, current: 0, total: 0, fetched: false, done: false };
       this.layers.set(id, layer);
     }
+    // The engine counts down `Retrying in N seconds` once a second: one retry, many lines.
+    if (status.startsWith('Retrying') && !layer.status.startsWith('Retrying')) this.retryCount++;
     layer.status = status;
     if (FETCHING.has(status)) layer.fetched = true;
     if (status === 'Downloading') {

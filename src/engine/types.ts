@@ -74,6 +74,11 @@ export interface PullOptions {
   registryAuth?: string;
   /** Abort when the stream has been silent this long, ms; 0 never. */
   stallMs?: number;
+  /**
+   * Give the pull up once the engine has started layer downloads over more often than this
+   * (it tries five times, waiting longer each time); unset leaves the engine to it.
+   */
+  maxRetries?: number;
   signal?: AbortSignal;
   onProgress?: (progress: PullProgress) => void;
 }
