@@ -35,6 +35,22 @@ const windowsList = Buffer.from(JSON.stringify({
   })),
 }));
 
+/** A manifest list with one Windows entry per os.version (undefined: none given). */
+function listOf(versions: (string | undefined)[]): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: LIST,
+    manifests: versions.map((version, i) => ({
+      mediaType: MANIFEST,
+      size: 2000 + i,
+      digest: fake(`list-${version}-${i}`),
+      platform: version
+        ? { architecture: 'amd64', os: 'windows', 'os.version': version }
+        : { architecture: 'amd64', os: 'windows' },
+    })),
+  }));
+}
+
 /** An OCI index as BuildKit pushes it: two Linux platforms, an attestation, and Windows. */
 const mixedIndex = Buffer.from(JSON.stringify({
   schemaVersion: 2,
@@ -80,11 +96,30 @@ describe('platform choice for Windows entries follows the host build', () => {
     assert.equal(chosenVersion(windowsList, windowsHost('10.0.17763')), '10.0.17763.5329');
   });
 
-  test('a host whose build no entry has gets an error naming the builds and --platform', () => {
-    assert.throws(() => chosenVersion(windowsList, windowsHost('10.0.22631')), (err) => {
+  test('a newer host without an entry of its own takes the newest 2022-or-later build', () => {
+    // Windows 11 23H2 and Server 2025 run ltsc2022 images under process isolation.
+    assert.equal(chosenVersion(windowsList, windowsHost('10.0.22631')), '10.0.20348.2227');
+    const ltsc2022Only = listOf(['10.0.17763.5329', '10.0.20348.2227']);
+    assert.equal(chosenVersion(ltsc2022Only, windowsHost('10.0.26100')), '10.0.20348.2227');
+  });
+
+  test('an older build is taken as the Docker daemon takes it, for Hyper-V isolation', () => {
+    const old = listOf(['10.0.14393.6614', '10.0.17763.5329']);
+    assert.equal(chosenVersion(old, windowsHost('10.0.20348')), '10.0.17763.5329');
+  });
+
+  test('an entry without os.version is taken when no build fits better', () => {
+    const bare = listOf([undefined, '10.0.26100.1742']);
+    assert.equal(chosenVersion(bare, windowsHost('10.0.20348')), 'windows/amd64');
+    assert.equal(chosenVersion(bare, windowsHost('10.0.26100')), '10.0.26100.1742');
+  });
+
+  test('a host older than every entry gets an error naming the builds and --platform', () => {
+    const newer = listOf(['10.0.20348.2227', '10.0.26100.1742']);
+    assert.throws(() => chosenVersion(newer, windowsHost('10.0.17763')), (err) => {
       assert.ok(isWharfError(err, 'WHARF_PLATFORM_UNAVAILABLE'));
-      assert.match(err.message, /10\.0\.22631/);
-      assert.match(err.message, /10\.0\.17763\.5329, 10\.0\.20348\.2159/);
+      assert.match(err.message, /10\.0\.17763/);
+      assert.match(err.message, /newer than this host: 10\.0\.20348\.2227, 10\.0\.26100\.1742/);
       assert.match(err.hint ?? '', /--platform/);
       return true;
     });

@@ -141,11 +141,13 @@ function describe(entries: Descriptor[]): string {
 /**
  * Chooses the entry of an index the engine should run.
  *
- * For Windows it follows containerd's matcher, which the Docker daemon uses since its image
- * store moved to containerd: only entries built for the host's build (major.minor.build of
- * os.version) qualify, and among them the highest revision wins. The classic daemon also took
- * older builds; wharf refuses them instead, because such an image fails at `docker run` under
- * process isolation, long after the pull. `--platform windows(10.0.17763)/amd64` asks for one.
+ * For Windows it takes what the Docker daemon takes: entries built for the host's build or
+ * an older one (the daemon refuses only newer builds), and entries without an os.version.
+ * It prefers them in the order they run best: the host's own build (highest revision first),
+ * then a build of Windows Server 2022 or later at most the host's (these run under process
+ * isolation on newer hosts, as containerd 2 allows), then older builds (Hyper-V isolation
+ * only), then entries that name no build. `--platform windows(10.0.17763)/amd64` asks for
+ * one build exactly.
  */
 export function choosePlatform(index: ImageIndex, wanted: PlatformWanted): Descriptor {
   const want = effectivePlatform(wanted);
@@ -163,7 +165,8 @@ export function choosePlatform(index: ImageIndex, wanted: PlatformWanted): Descr
     );
   }
   if (want.os !== 'windows') return preferExactVariant(matching, want);
-  return chooseWindows(matching, want);
+  const exact = wanted.requested?.osVersion !== undefined;
+  return exact ? chooseWindowsBuild(matching, want) : chooseForWindowsHost(matching, want);
 }
 
 /** The host's platform with `--platform` laid over it; the host's build only for its own os. */
@@ -185,38 +188,76 @@ function preferExactVariant(matching: Descriptor[], want: PlatformSpec): Descrip
   return matching[0]!;
 }
 
-function chooseWindows(matching: Descriptor[], want: PlatformSpec): Descriptor {
-  const wantVersion = want.osVersion ? parseWindowsVersion(want.osVersion) : undefined;
-  const versioned = matching.map((d) => ({
-    d,
-    v: parseWindowsVersion(platformOf(d)!.osVersion ?? ''),
-  }));
+interface Versioned {
+  d: Descriptor;
+  v: WindowsVersion | undefined;
+}
 
-  // No build to match (an engine that does not say, or a Linux host asked for Windows
-  // explicitly): the newest entry, as the highest revision is among matching builds.
-  const candidates = wantVersion
-    ? versioned.filter(({ v }) => v !== undefined && sameBuild(v, wantVersion) &&
-        (wantVersion.revision === undefined || v.revision === wantVersion.revision))
-    : versioned;
-  if (candidates.length === 0) {
-    const builds = versioned.map(({ d }) => platformOf(d)!.osVersion ?? 'no os.version');
-    throw new WharfError(
-      'WHARF_PLATFORM_UNAVAILABLE',
-      `the image has no ${want.os}/${want.architecture} entry for build ${want.osVersion}; ` +
-        `it has ${builds.join(', ')}`,
-      {
-        hint: 'use a tag built for this Windows build, or pass --platform ' +
-          `'windows(${builds[0]})/${want.architecture}' to take another build ` +
-          '(it runs only under Hyper-V isolation)',
-        detail: { available: builds, wanted: want.osVersion },
-      },
-    );
-  }
+function versionsOf(matching: Descriptor[]): Versioned[] {
+  return matching.map((d) => ({ d, v: parseWindowsVersion(platformOf(d)!.osVersion ?? '') }));
+}
+
+function newest(candidates: Versioned[]): Descriptor {
   let best = candidates[0]!;
   for (const c of candidates.slice(1)) {
     if (compareVersions(c.v, best.v) > 0) best = c;
   }
   return best.d;
+}
+
+/** The first Windows build whose images run on later builds under process isolation. */
+const FORWARD_COMPATIBLE_BUILD = 20348;
+
+/** How well an entry runs on the host: 0 best; undefined when the daemon would refuse it. */
+function windowsFit(v: WindowsVersion | undefined, host: WindowsVersion): number | undefined {
+  if (!v) return 3;
+  if (sameBuild(v, host)) return 0;
+  if (compareVersions({ ...v, revision: undefined }, host) > 0) return undefined;
+  return v.build >= FORWARD_COMPATIBLE_BUILD ? 1 : 2;
+}
+
+function chooseForWindowsHost(matching: Descriptor[], want: PlatformSpec): Descriptor {
+  const versioned = versionsOf(matching);
+  const host = want.osVersion ? parseWindowsVersion(want.osVersion) : undefined;
+  // No build to match (an engine that does not say, or a Linux host asked for Windows):
+  // the newest entry.
+  if (!host) return newest(versioned);
+
+  let bestFit = Infinity;
+  let candidates: Versioned[] = [];
+  for (const c of versioned) {
+    const fit = windowsFit(c.v, host);
+    if (fit === undefined || fit > bestFit) continue;
+    if (fit < bestFit) candidates = [];
+    bestFit = fit;
+    candidates.push(c);
+  }
+  if (candidates.length === 0) throw noWindowsEntry(versioned, want, 'newer than this host');
+  return newest(candidates);
+}
+
+/** `--platform windows(BUILD)/arch`: that build (and revision, when given) and no other. */
+function chooseWindowsBuild(matching: Descriptor[], want: PlatformSpec): Descriptor {
+  const versioned = versionsOf(matching);
+  const wanted = parseWindowsVersion(want.osVersion!)!;
+  const candidates = versioned.filter(({ v }) => v !== undefined && sameBuild(v, wanted) &&
+    (wanted.revision === undefined || v.revision === wanted.revision));
+  if (candidates.length === 0) throw noWindowsEntry(versioned, want, 'other builds');
+  return newest(candidates);
+}
+
+function noWindowsEntry(versioned: Versioned[], want: PlatformSpec, why: string): WharfError {
+  const builds = versioned.map(({ d }) => platformOf(d)!.osVersion ?? 'no os.version');
+  return new WharfError(
+    'WHARF_PLATFORM_UNAVAILABLE',
+    `the image has no ${want.os}/${want.architecture} entry for build ${want.osVersion}; ` +
+      `it has ${why}: ${builds.join(', ')}`,
+    {
+      hint: 'use a tag built for this Windows build or an older one, or pass --platform ' +
+        `'windows(${builds[0]})/${want.architecture}' to name a build the host can run`,
+      detail: { available: builds, wanted: want.osVersion },
+    },
+  );
 }
 
 function compareVersions(a: WindowsVersion | undefined, b: WindowsVersion | undefined): number {
