@@ -59,6 +59,17 @@ describe('configuration', () => {
     await assert.rejects(loadMirrorConfig({ config: two }), rejectsWith('WHARF_CONFIG_INVALID', /only one upstream/));
   });
 
+  test('a YAML syntax error names the line and never quotes it: it may hold a password', async () => {
+    const path = await configFile(
+      'upstreams:\n  - url: https://r.example.io\n    password: s3cr3t-pw: x\n');
+    await assert.rejects(loadMirrorConfig({ config: path }), (err: unknown) => {
+      assert.ok(isWharfError(err, 'WHARF_CONFIG_INVALID'));
+      assert.match(err.message, /not valid YAML at line 3/);
+      assert.ok(!err.message.includes('s3cr3t'), err.message);
+      return true;
+    });
+  });
+
   test('a password can come from an environment variable', async () => {
     process.env.WHARF_TEST_PW = 'from-env';
     const path = await configFile('upstreams:\n  - url: https://r.example.io\n    username: u\n    passwordEnv: WHARF_TEST_PW\n');

@@ -86,6 +86,26 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(sha256(again.body), layer.digest);
   });
 
+  test('a range of a blob still being fetched is completed only once the blob verified', async () => {
+    const other = await buildImage(join(await makeTempDir('img'), 'ranged'), { layers: [1_000_000], tag: 'v1' });
+    await pushLayout(registry.url, 'ci/ranged', 'v1', other.dir);
+    const layer = other.layers[0]!;
+    origin.corruptBlob(layer.digest, { times: 1 });
+    const url = `${mirror.url}/v2/origin/ci/ranged/blobs/${layer.digest}`;
+
+    // The first 1000 bytes arrive long before the digest can be checked.
+    const ranged = request(url, { headers: { range: 'bytes=0-999' } })
+      .then(async (res) => Buffer.from(await res.body.arrayBuffer()));
+    await assert.rejects(ranged, 'a range of wrong bytes must not complete');
+    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
+
+    const res = await request(url, { headers: { range: 'bytes=0-999' } });
+    const body = Buffer.from(await res.body.arrayBuffer());
+    assert.equal(res.statusCode, 206);
+    assert.deepEqual(body, (await readFile(join(other.dir, 'blobs', 'sha256',
+      layer.digest.slice(7)))).subarray(0, 1000));
+  });
+
   test('with the origin down, a cached tag is served stale and digests still work', async () => {
     const first = await get(`${base}/manifests/v1`);
     assert.equal(first.status, 200);

@@ -219,7 +219,9 @@ export class BlobFetch extends EventEmitter {
         if (reader.pos >= stop) return sent;
         if (this.failure) throw this.failure;
         if (out.destroyed) return sent;
-        const available = Math.min(this.readable, stop);
+        // The last byte asked for waits for the digest check, for a range as for the whole
+        // blob: once a client has every byte it asked for, a broken connection is too late.
+        const available = Math.min(this.readable, this.state === 'done' ? stop : stop - 1);
         if (reader.pos < available) {
           let buf: Buffer;
           if (reader.pos < this.fileBytes) {

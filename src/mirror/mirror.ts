@@ -282,8 +282,14 @@ export class Mirror {
     }
 
     const started = this.startFetch(upstream, repo, digest);
-    this.fetches.set(digest, { upstream: upstream.name, repo, started });
-    started.catch(() => this.fetches.delete(digest));
+    const entry: InFlight = { upstream: upstream.name, repo, started };
+    this.fetches.set(digest, entry);
+    // Only the shared fetch leaves the map: a client's own fetch (past a pass-through window)
+    // must not take the entry that others still join.
+    const leave = () => {
+      if (this.fetches.get(digest) === entry) this.fetches.delete(digest);
+    };
+    started.then(({ finished }) => finished.finally(leave), leave);
     const { fetch } = await started;
     return { kind: 'fetch', digest, size: fetch.size, fetch, outcome: 'miss' };
   }
@@ -352,10 +358,7 @@ export class Mirror {
         this.logger.warn({ ...log, err: err.message, code: err.code }, 'fetch discarded');
         return false;
       })
-      .finally(() => {
-        this.fetches.delete(digest);
-        this.metrics.fetchesInFlight.dec();
-      });
+      .finally(() => this.metrics.fetchesInFlight.dec());
     return { fetch, finished };
   }
 

@@ -156,7 +156,15 @@ async function handle(req: IncomingMessage, res: ServerResponse, ctx: Context): 
       return void res.end();
     }
     const source = await ctx.mirror.blob(route.upstream, route.repo, route.digest);
-    if (source.kind === 'store') res.once('close', source.release);
+    if (source.kind === 'store') {
+      // The client may have left while the mirror asked the upstream; 'close' is gone then,
+      // and a hold never released would keep the blob from eviction for good.
+      if (res.closed || res.destroyed || !res.socket || res.socket.destroyed) {
+        source.release();
+        return;
+      }
+      res.once('close', source.release);
+    }
     ctx.metrics.requests.inc({ kind, outcome: source.outcome });
     timer();
     await sendBlob(req, res, source, route.upstream, ctx);

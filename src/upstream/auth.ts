@@ -67,8 +67,9 @@ export class Authenticator {
     this.lastChallenge = challenge;
     // A token we just sent was refused: drop it and ask for a fresh one, once.
     if (sent?.startsWith('Bearer ')) {
-      if (this.tokens.get(scope)?.token !== sent.slice(7)) return undefined;
-      this.tokens.delete(scope);
+      // Concurrent requests that sent the same token all get here: the first drops it, the
+      // others then find the token it fetched (or its pending fetch) and retry with that.
+      if (this.tokens.get(scope)?.token === sent.slice(7)) this.tokens.delete(scope);
       const fresh = `Bearer ${await this.token(challenge, scope)}`;
       return fresh === sent ? undefined : fresh;
     }
@@ -110,7 +111,16 @@ export class Authenticator {
         { cause: err, hint: 'check that the registry\'s token service is reachable from the mirror' },
       );
     }
-    const text = await res.body.text();
+    let text: string;
+    try {
+      text = await res.body.text();
+    } catch (err) {
+      throw new WharfError(
+        'WHARF_UPSTREAM_UNAVAILABLE',
+        `token server of upstream ${this.upstream} (${url.host}) broke off its answer`,
+        { cause: err },
+      );
+    }
     if (res.statusCode === 401 || res.statusCode === 403) {
       throw new WharfError(
         'WHARF_UPSTREAM_UNAUTHORIZED',

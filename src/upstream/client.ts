@@ -316,13 +316,21 @@ async function readLimited(
 ): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > limit) {
-      body.destroy();
-      throw new WharfError(code, `${what} is larger than ${limit} bytes`);
+  try {
+    for await (const chunk of body) {
+      size += (chunk as Buffer).length;
+      if (size > limit) {
+        body.destroy();
+        throw new WharfError(code, `${what} is larger than ${limit} bytes`);
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (err) {
+    if (err instanceof WharfError) throw err;
+    // A body that times out or breaks off is the upstream being unavailable, like a refused
+    // connection: a cached tag is served stale rather than the client getting a 500.
+    throw new WharfError('WHARF_UPSTREAM_UNAVAILABLE', `${what} broke off: ${(err as Error).message}`,
+      { cause: err });
   }
   return Buffer.concat(chunks);
 }

@@ -15,9 +15,16 @@ export async function readYamlFile(path: string): Promise<unknown> {
     });
   }
   try {
-    return parseYaml(text) ?? {};
+    // Without prettyErrors the message quotes no source line: that line may hold a password.
+    return parseYaml(text, { prettyErrors: false }) ?? {};
   } catch (err) {
-    throw new WharfError('WHARF_CONFIG_INVALID', `${path} is not valid YAML: ${(err as Error).message}`);
+    const at = (err as { pos?: [number, number] }).pos?.[0];
+    const where = at === undefined ? '' : ` at line ${text.slice(0, at).split('\n').length}`;
+    throw new WharfError(
+      'WHARF_CONFIG_INVALID',
+      `${path} is not valid YAML${where}: ${(err as Error).message}`,
+      { hint: 'fix the YAML syntax at that line; quote values that contain : or #' },
+    );
   }
 }
 
