@@ -229,6 +229,28 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'revalidated' }), 1);
   });
 
+  test('while the origin fails, a tag is asked after at most once per tagTtl too', async () => {
+    const m = await startTestMirror({ upstreams: [`origin=${origin.url}`], tagTtlMs: 400 });
+    const url = `${m.url}/v2/origin/ci/app/manifests/v1`;
+    await get(url);
+    await new Promise((r) => setTimeout(r, 450));
+    origin.failRequests('HEAD', /\/manifests\/v1$/, 503);
+    origin.resetCounters();
+    for (let i = 0; i < 5; i++) {
+      const res = await get(url);
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['docker-content-digest'], image.digest);
+    }
+    assert.equal(origin.count('HEAD', /\/manifests\/v1$/), 1, 'one HEAD for five stale answers');
+    assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'stale' }), 5);
+
+    await new Promise((r) => setTimeout(r, 450));
+    origin.clearFaults();
+    await get(url);
+    assert.equal(origin.count('HEAD', /\/manifests\/v1$/), 2, 'asked again after tagTtl');
+    assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'revalidated' }), 1);
+  });
+
   test('the mirror starts and serves its store while the origin is down', async () => {
     await get(`${base}/manifests/v1`);
     await mirror.close();

@@ -49,6 +49,8 @@ export class Mirror {
   private readonly clients = new Map<string, RegistryClient>();
   private readonly fetches = new Map<string, InFlight>();
   private readonly manifestFlights = new Map<string, Promise<ManifestResult>>();
+  /** Tags whose upstream failed to revalidate them, and when: asked again after tagTtl. */
+  private readonly staleSince = new Map<string, number>();
   private readonly health: UpstreamHealth;
   readonly cache: CacheManager;
 
@@ -138,6 +140,13 @@ export class Mirror {
       this.index.touch(row.digest);
       return { ...cached, outcome: 'hit' as const };
     }
+    const key = `${upstream.name}/${repo}:${tag}`;
+    const askedAt = this.staleSince.get(key);
+    if (cached && askedAt !== undefined && Date.now() - askedAt < this.config.tagTtlMs) {
+      // The upstream failed to answer for this tag within the TTL: asking again on every
+      // request would make each runner wait out the upstream's timeout for the same answer.
+      return this.serveStale(upstream, repo, tag, cached, 'upstream failed within tagTtl');
+    }
 
     try {
       const client = this.client(upstream);
@@ -152,6 +161,7 @@ export class Mirror {
         this.index.deleteTag(upstream.name, repo, tag);
         throw manifestUnknown(repo, tag);
       }
+      this.staleSince.delete(key);
       if (head && cached && head.digest === cached.digest) {
         this.index.putTag(upstream.name, repo, tag, cached.digest);
         this.index.touch(cached.digest);
@@ -162,8 +172,9 @@ export class Mirror {
         this.index.deleteTag(upstream.name, repo, tag);
         throw manifestUnknown(repo, tag);
       }
-      await this.keepManifest(upstream, repo, fetched);
-      this.index.putTag(upstream.name, repo, tag, fetched.digest);
+      if (await this.keepManifest(upstream, repo, fetched)) {
+        this.index.putTag(upstream.name, repo, tag, fetched.digest);
+      }
       if (row && row.digest !== fetched.digest) {
         this.logger.info({ upstream: upstream.name, repo, tag, digest: fetched.digest }, 'tag moved');
       }
@@ -172,15 +183,25 @@ export class Mirror {
       // An upstream that cannot be asked (down, timing out, 5xx, 429) does not stop the
       // runners: the last digest it confirmed is served, and said so.
       if (cached && isUnavailable(err)) {
-        this.metrics.staleServed.inc({ upstream: upstream.name });
-        this.logger.warn(
-          { upstream: upstream.name, repo, tag, digest: cached.digest, err: (err as Error).message },
-          'serving stale tag',
-        );
-        return { ...cached, outcome: 'stale' as const };
+        this.staleSince.set(key, Date.now());
+        return this.serveStale(upstream, repo, tag, cached, (err as Error).message);
       }
       throw err;
     }
+  }
+
+  private serveStale(
+    upstream: UpstreamConfig,
+    repo: string,
+    tag: string,
+    cached: { digest: string; mediaType: string; body: Buffer },
+    why: string,
+  ) {
+    this.metrics.staleServed.inc({ upstream: upstream.name });
+    this.logger.warn({ upstream: upstream.name, repo, tag, digest: cached.digest, err: why },
+      'serving stale tag');
+    this.index.touch(cached.digest);
+    return { ...cached, outcome: 'stale' as const };
   }
 
   private async cachedManifest(digest: string) {
@@ -196,20 +217,27 @@ export class Mirror {
     }
   }
 
+  /**
+   * Stores a verified manifest and its references. False when the store could not take it
+   * (a full disk): the client still gets the manifest, the next request fetches it again.
+   */
   private async keepManifest(upstream: UpstreamConfig, repo: string, m: FetchedManifest) {
     if (!this.index.getBlob(m.digest)) {
-      const writer = await this.store.writer(m.digest);
+      let writer: BlobWriter | undefined;
       try {
+        writer = await this.store.writer(m.digest);
         await writer.write(m.body);
+        await writer.commit(m.body.length);
       } catch (err) {
-        await writer.abort();
-        throw err;
+        await writer?.abort().catch(() => undefined);
+        this.cache.passThrough({ upstream: upstream.name, repo, digest: m.digest }, err);
+        return false;
       }
-      await writer.commit(m.body.length);
       this.grow(m.body.length);
     }
     const refs = children(m.parsed).map((d) => d.digest);
     this.index.putManifest(m.digest, m.body.length, m.mediaType, upstream.name, repo, refs);
+    return true;
   }
 
   // ---- blobs -----------------------------------------------------------------------------
