@@ -6,6 +6,7 @@ import { isWharfError } from '../src/errors.js';
 import { loadMirrorConfig, PUBLIC_UPSTREAMS } from '../src/mirror/config.js';
 import { parseRange } from '../src/mirror/range.js';
 import { Router } from '../src/mirror/routing.js';
+import { parseManifest } from '../src/oci/manifest.js';
 import { parseImageRef } from '../src/oci/reference.js';
 import { parseChallenge } from '../src/upstream/challenge.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
@@ -136,6 +137,20 @@ describe('parsers', () => {
     for (const bad of ['', 'UPPER/case', 'a b', 'x@sha256:12', 'x:-tag']) {
       assert.throws(() => parseImageRef(bad), (e: unknown) => isWharfError(e));
     }
+  });
+
+  test('a manifest without mediaType takes it from a Content-Type with parameters', () => {
+    const body = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', size: 2,
+        digest: `sha256:${'c'.repeat(64)}` },
+      layers: [],
+    }));
+    const parsed = parseManifest(body, 'application/vnd.oci.image.manifest.v1+json; charset=utf-8');
+    assert.equal(parsed.kind, 'manifest');
+    assert.equal(parsed.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+    assert.throws(() => parseManifest(body, 'text/html; charset=utf-8'),
+      (e: unknown) => isWharfError(e, 'WHARF_MANIFEST_INVALID'));
   });
 
   test('Range headers', () => {

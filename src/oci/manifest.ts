@@ -70,7 +70,9 @@ export function parseManifest(body: Uint8Array, headerType?: string): ParsedMani
   }
   if (typeof doc !== 'object' || doc === null) throw invalid('not a JSON object');
   const m = doc as Record<string, unknown>;
-  const mediaType = typeof m.mediaType === 'string' ? m.mediaType : headerType;
+  // A Content-Type may carry parameters (`; charset=utf-8`); the media type is what precedes.
+  const fromHeader = headerType?.split(';')[0]!.trim().toLowerCase() || undefined;
+  const mediaType = typeof m.mediaType === 'string' ? m.mediaType : fromHeader;
 
   if (Array.isArray(m.manifests) && (mediaType === undefined || isIndexType(mediaType))) {
     return {
