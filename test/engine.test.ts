@@ -158,6 +158,19 @@ describe('engine addresses are read as DOCKER_HOST writes them', () => {
       });
     }
   });
+
+  test('an address with credentials is refused without quoting the password', () => {
+    const texts = ['tcp://user:s3cret@10.0.0.1:2375', 'tcp://user:s3c/r@t@10.0.0.1',
+      'unix://user:s3cret@host', 'https://user:s3cret@10.0.0.1:2376'];
+    for (const text of texts) {
+      assert.throws(() => parseEngineAddress(text, 'DOCKER_HOST'), (err) => {
+        assert.ok(isWharfError(err, 'WHARF_BAD_USAGE'));
+        assert.match(err.message, /^DOCKER_HOST/);
+        assert.doesNotMatch(`${err.message} ${err.hint ?? ''}`, /s3c/, text);
+        return true;
+      });
+    }
+  });
 });
 
 describe('an engine behind TLS is reached the way the docker CLI reaches it', () => {
