@@ -186,6 +186,27 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.ok(stale.json.stale);
   });
 
+  test('a tag that moved to an image no source can deliver is stale at the local digest',
+    async () => {
+      const { dir, origin, mirror, name, image } = await world('ci/moved-unpullable');
+      assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+      const moved = await buildImage(join(dir, 'v2'), { layers: [120_000], tag: 'v1' });
+      await pushLayout(origin.url, 'ci/moved-unpullable', 'v1', moved.dir);
+      // Both registries still answer for the tag, but its new layer is gone: resolving works,
+      // every pull fails.
+      const layer = moved.layers[0]!.digest.slice('sha256:'.length);
+      const blobs = join(origin.dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256');
+      await rm(join(blobs, layer.slice(0, 2), layer), { recursive: true });
+
+      const stale = await ensure(name, { mirror: mirror.url, allowStale: true });
+
+      assert.equal(stale.code, 0, stale.stdout + stale.stderr);
+      assert.equal(stale.json.source, 'stale-local');
+      assert.equal(stale.json.digest, image.digest);
+      assert.equal((stale.json.stale as { code: string }).code, 'WHARF_PULL_FAILED');
+      assert.deepEqual(await localDigests(name), [image.digest]);
+    });
+
   test('a pull whose stream carries an error fails with the engine message', async () => {
     const { origin, mirror, name, image } = await world('ci/broken', [150_000, 150_000]);
     const layer = image.layers[1]!.digest.slice('sha256:'.length);

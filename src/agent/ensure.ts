@@ -60,6 +60,18 @@ export function repoDigests(image: ImageInspect | null): Set<string> {
   return digests;
 }
 
+/**
+ * The digest a local copy was pulled at: from a `RepoDigests` entry of one of the image's own
+ * repositories when there is one, since an image id may also be known under other names.
+ */
+export function localDigest(image: ImageInspect, sources: Source[]): string {
+  const own = new Set(sources.map((s) => s.engineRepo));
+  const entries = image.RepoDigests ?? [];
+  const entry = entries.find((e) => own.has(e.slice(0, e.lastIndexOf('@')))) ?? entries[0];
+  const at = entry?.lastIndexOf('@') ?? -1;
+  return entry && at >= 0 ? entry.slice(at + 1) : image.Id;
+}
+
 /** The name the engine knows the image by: `registry/repo:tag`. */
 export function localName(image: ImageRef): string {
   return `${image.registry}/${image.repository}:${image.tag ?? 'latest'}`;
@@ -134,7 +146,7 @@ export async function ensureImage(
     emit({ type: 'ensured', result: out });
     return out;
   };
-  if (!resolved) return staleOrThrow(image, local, failures, options, result);
+  if (!resolved) return staleOrThrow(image, local, sources, failures, options, result);
   if (resolved.source) {
     emit({ type: 'resolved', image: name, digest: resolved.digest, via: resolved.source.kind,
       ms: Math.round(resolveMs) });
@@ -178,7 +190,7 @@ export async function ensureImage(
       onFailure(failures.at(-1)!);
     }
   }
-  return staleOrThrow(image, local, failures, options, result);
+  return staleOrThrow(image, local, sources, failures, options, result);
 }
 
 async function pullFrom(
@@ -262,6 +274,7 @@ type ResultFn = (source: EnsureSource, found: ImageInspect, extra: Partial<Ensur
 function staleOrThrow(
   image: ImageRef,
   local: ImageInspect | null,
+  sources: Source[],
   failures: SourceFailure[],
   options: EnsureOptions,
   result: ResultFn,
@@ -271,7 +284,12 @@ function staleOrThrow(
     (f) => f.source.kind === 'origin' && f.error.code === 'WHARF_MANIFEST_UNKNOWN',
   );
   if (options.allowStale && local && !originSaidNo) {
-    return result('stale-local', local, { stale: { code: last.code, message: last.message } });
+    // What is on the engine, not what the tag names now: the tag may have resolved to a new
+    // digest that neither source could then deliver.
+    return result('stale-local', local, {
+      digest: localDigest(local, sources),
+      stale: { code: last.code, message: last.message },
+    });
   }
 
   const name = formatImageRef(image);
