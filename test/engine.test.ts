@@ -121,6 +121,23 @@ describe('the pull stream is read line by line', () => {
     stream.write(line('Retrying in 10 seconds'));
     assert.equal(stream.retries, 2);
   });
+
+  test('a pull is downloading until every announced layer is downloaded or on disk', () => {
+    const stream = new PullStream('r/x:v1');
+    const line = (id: string, status: string) => `${JSON.stringify({ status, id })}\n`;
+    assert.equal(stream.downloading, true, 'before the manifest, the registry is being asked');
+    stream.write(`${JSON.stringify({ status: 'Pulling from r/x', id: 'v1' })}\n`);
+    stream.write(line('aaa', 'Already exists') + line('bbb', 'Pulling fs layer') +
+      line('ccc', 'Waiting'));
+    assert.equal(stream.downloading, true);
+    stream.write(line('bbb', 'Downloading') + line('bbb', 'Verifying Checksum'));
+    stream.write(line('bbb', 'Download complete') + line('ccc', 'Downloading'));
+    assert.equal(stream.downloading, true, 'one layer is still coming');
+    stream.write(line('ccc', 'Download complete'));
+    assert.equal(stream.downloading, false);
+    stream.write(line('bbb', 'Extracting') + line('bbb', 'Pull complete'));
+    assert.equal(stream.downloading, false);
+  });
 });
 
 describe('engine addresses are read as DOCKER_HOST writes them', () => {

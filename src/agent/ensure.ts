@@ -18,7 +18,7 @@ import { sourcesFor, type Source } from './sources.js';
 
 /** Defaults of `wharf ensure`, in one place with their units. */
 export const ENSURE_DEFAULTS = {
-  /** A pull stream silent this long is cut and started again, ms. */
+  /** A pull stream silent this long while downloading is cut and started again, ms. */
   stallMs: 60_000,
   /** How often a stalled pull is started again before the next source is tried. */
   stallRetries: 2,

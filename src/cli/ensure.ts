@@ -131,7 +131,8 @@ export function register(program: Command): void {
     .option('--platform <platform>', 'os/arch[/variant], or windows(10.0.BUILD)/amd64 for a ' +
       'Windows build (default: the engine\'s)')
     .option('--allow-stale', 'accept an older local copy when neither mirror nor origin answers')
-    .option('--stall-timeout <duration>', 'restart a pull that made no progress this long',
+    .option('--stall-timeout <duration>', 'restart a pull whose downloads made no progress ' +
+      'this long (extracting may take ten times as long)',
       `${ENSURE_DEFAULTS.stallMs / 1000}s`)
     .option('--json', 'print one JSON object instead of a line')
     .addHelpText('after', EXAMPLES)

@@ -22,6 +22,13 @@ export const MIN_API_VERSION = '1.32';
 
 const REQUEST_TIMEOUT_MS = 30_000;
 
+/**
+ * How much longer than `stallMs` a pull may be silent once every layer is downloaded. The
+ * engine sends nothing while it extracts and registers a layer: on Windows a base layer of
+ * several GB takes minutes, and cutting it there would throw away a finished download.
+ */
+export const EXTRACT_STALL_FACTOR = 10;
+
 export function compareApiVersions(a: string, b: string): number {
   const [am = 0, an = 0] = a.split('.').map(Number);
   const [bm = 0, bn = 0] = b.split('.').map(Number);
@@ -133,8 +140,10 @@ export class DockerEngine implements Engine {
   }
 
   /**
-   * Pulls an image and follows its progress. A stream silent for `stallMs` is cut: the engine
-   * ends a pull whose client went away, so the caller can start it again cleanly.
+   * Pulls an image and follows its progress. A stream silent for `stallMs` while layers are
+   * downloading is cut (the engine ends a pull whose client went away, so the caller can
+   * start it again cleanly); once all are downloaded the limit is `EXTRACT_STALL_FACTOR` times
+   * longer.
    */
   async pull(ref: string, options: PullOptions = {}): Promise<PullResult> {
     const { name, tag } = splitReference(ref);
@@ -149,12 +158,14 @@ export class DockerEngine implements Engine {
     const signal = AbortSignal.any(options.signal ? [options.signal, ...own] : own);
     const stallMs = options.stallMs ?? 0;
     let timer: NodeJS.Timeout | undefined;
+    let limitMs = stallMs;
+    const stream = new PullStream(ref);
     const arm = () => {
       if (stallMs <= 0) return;
+      limitMs = stream.downloading ? stallMs : stallMs * EXTRACT_STALL_FACTOR;
       clearTimeout(timer);
-      timer = setTimeout(() => stall.abort(), stallMs);
+      timer = setTimeout(() => stall.abort(), limitMs);
     };
-    const stream = new PullStream(ref);
 
     arm();
     try {
@@ -181,10 +192,13 @@ export class DockerEngine implements Engine {
       if (stall.signal.aborted && !options.signal?.aborted) {
         throw new WharfError(
           'WHARF_PULL_STALLED',
-          `pull of ${ref} made no progress for ${Math.round(stallMs / 1000)} s`,
+          `pull of ${ref} made no progress for ${Math.round(limitMs / 1000)} s` +
+            (stream.downloading ? '' : ' after its layers were downloaded'),
           {
-            hint: 'the registry or the network stopped sending; wharf retries a stalled pull',
-            detail: { ref, bytes: stream.progress().bytes },
+            hint: stream.downloading
+              ? 'the registry or the network stopped sending; wharf retries a stalled pull'
+              : 'the engine went quiet extracting the layers; check its disk and its log',
+            detail: { ref, bytes: stream.progress().bytes, limitMs },
           },
         );
       }

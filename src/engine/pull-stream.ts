@@ -25,6 +25,8 @@ export class PullStream {
   private status: string | undefined;
   private pending = '';
   private retryCount = 0;
+  /** Layers whose bytes are all on the engine: downloaded, extracting, or there before. */
+  private readonly downloaded = new Set<string>();
 
   constructor(private readonly ref: string) {}
 
@@ -48,6 +50,14 @@ export class PullStream {
     this.pending = '';
     if (rest) this.line(rest);
     return { bytes: this.progress().bytes, digest: this.digest, status: this.status };
+  }
+
+  /**
+   * True until every layer the stream has announced is downloaded. Until the engine has
+   * read the manifest it has announced none, and that is talking to the registry too.
+   */
+  get downloading(): boolean {
+    return this.layers.size === 0 || this.downloaded.size < this.layers.size;
   }
 
   /** How often the engine has started a layer's download over in this pull. */
@@ -105,6 +115,7 @@ export class PullStream {
       if (detail?.total && detail.total > 0) layer.total = detail.total;
     }
     if (DONE.has(status)) layer.done = true;
+    if (layer.done || status.startsWith('Extracting')) this.downloaded.add(id);
     // A retried download starts again from zero; what counts is what finally arrived.
     if (status.startsWith('Retrying')) layer.current = 0;
   }

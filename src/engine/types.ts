@@ -72,7 +72,10 @@ export interface PullOptions {
   platform?: string;
   /** The `X-Registry-Auth` value for the registry the pull goes to. */
   registryAuth?: string;
-  /** Abort when the stream has been silent this long, ms; 0 never. */
+  /**
+   * Abort when the stream has been silent this long while layers download, ms; 0 never. Once
+   * all are downloaded, ten times as long (extracting sends nothing).
+   */
   stallMs?: number;
   /**
    * Give the pull up once the engine has started layer downloads over more often than this
