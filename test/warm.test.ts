@@ -241,6 +241,23 @@ describe('wharf warm keeps the listed images on the engine', () => {
     await dockerd.docker(['rm', 'holder']);
   });
 
+  test('an engine that cannot list its images for the disk floor still gets a table', async () => {
+    const dir = await makeTempDir('warm-floor-unlisted');
+    const config = await configFile(dir, { images: ['registry.invalid/warm/x:v1'], retries: 0,
+      minFreeDisk: '1000TB', diskPath: dir });
+
+    const run = warm({ config, once: true, json: true, engine: `unix://${dir}/no-engine.sock` });
+
+    assert.equal(await run.code, 1, run.out() + run.err());
+    const [report] = reports(run);
+    assert.ok(report, run.out() + run.err());
+    const floor = report.rows.find((r) => r.image === `disk floor ${dir}`);
+    assert.equal(floor?.action, 'failed');
+    assert.equal(floor?.error?.code, 'WHARF_ENGINE_UNREACHABLE');
+    assert.equal(report.rows.find((r) => r.image.includes('warm/x'))?.action, 'failed');
+    assert.equal(report.failed, 2);
+  });
+
   test('below the free-disk floor it prunes before it pulls', async () => {
     const dir = await makeTempDir('warm-floor');
     const origin = await startRegistry({ logLevel: 'error' });

@@ -20,6 +20,7 @@ import {
   freeBytes,
   oldVersions,
   unusedImages,
+  type EngineImage,
   type Removal,
 } from './prune.js';
 import { resolveTag } from './resolve.js';
@@ -201,17 +202,21 @@ export class Warmer {
         bytes: result.bytes,
       };
     } catch (err) {
-      const error = toWharfError(err);
-      this.emit({ type: 'image-failed', image: image.name, error: summarize(error) });
-      return {
-        image: image.name,
-        digest: '',
-        action: 'failed',
-        error: summarize(error),
-        seconds: seconds(performance.now() - started),
-        size: 0,
-      };
+      return this.failed(image.name, err, started);
     }
+  }
+
+  private failed(name: string, err: unknown, started: number): CycleRow {
+    const error = summarize(toWharfError(err));
+    this.emit({ type: 'image-failed', image: name, error });
+    return {
+      image: name,
+      digest: '',
+      action: 'failed',
+      error,
+      seconds: seconds(performance.now() - started),
+      size: 0,
+    };
   }
 
   private async snapshot() {
@@ -263,8 +268,16 @@ export class Warmer {
     }
     if (free >= floor) return [];
     this.emit({ type: 'disk-low', path, free, floor });
+    const started = performance.now();
+    let images: EngineImage[];
+    try {
+      images = await this.snapshot();
+    } catch (err) {
+      // The images are still warmed: the floor is there to make room for them, and the cycle
+      // should end in a table. A failed row says the floor was not kept, and --once exits 1.
+      return [this.failed(`disk floor ${path}`, err, started)];
+    }
     const rows: CycleRow[] = [];
-    const images = await this.snapshot();
     for (const r of diskFloorCandidates(images, this.families, this.state!)) {
       rows.push(...(await this.remove(r)));
       if (((await freeBytes(path)) ?? 0) >= floor) break;
