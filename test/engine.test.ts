@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isWharfError } from '../src/errors.js';
 import { engineAddressFrom, parseEngineAddress } from '../src/engine/address.js';
-import { DockerEngine, MAX_API_VERSION, compareApiVersions } from '../src/engine/client.js';
+import {
+  DockerEngine, MAX_API_VERSION, compareApiVersions, unreachable,
+} from '../src/engine/client.js';
 import { PullStream } from '../src/engine/pull-stream.js';
 import type { PullProgress } from '../src/engine/types.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
@@ -137,6 +139,17 @@ describe('the pull stream is read line by line', () => {
     assert.equal(stream.downloading, false);
     stream.write(line('bbb', 'Extracting') + line('bbb', 'Pull complete'));
     assert.equal(stream.downloading, false);
+  });
+});
+
+describe('an engine the user may not open says how to get access', () => {
+  test('a denied unix socket (EACCES) and a denied named pipe (EPERM) get the same hint', () => {
+    for (const code of ['EACCES', 'EPERM']) {
+      const denied = Object.assign(new Error(`connect ${code} //./pipe/docker_engine`), { code });
+      const err = unreachable('npipe:////./pipe/docker_engine', denied, false);
+      assert.equal(err.code, 'WHARF_ENGINE_UNREACHABLE');
+      assert.match(err.hint ?? '', /docker-users/, code);
+    }
   });
 });
 

@@ -7,14 +7,16 @@ export interface CommandIo {
 }
 
 /**
- * Runs a command with this process's streams and environment, aborting it on SIGINT or
- * SIGTERM so it can stop its pulls and report, then sets the exit status it returns.
+ * Runs a command with this process's streams and environment, aborting it on SIGINT,
+ * SIGTERM or SIGBREAK so it can stop its pulls and report, then sets the exit status it
+ * returns.
  */
 export async function runWithProcessIo(run: (io: CommandIo) => Promise<number>): Promise<void> {
   const controller = new AbortController();
   const stop = () => controller.abort();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // SIGBREAK is Ctrl-Break in a Windows console; elsewhere it never arrives.
+  const signals = ['SIGINT', 'SIGTERM', 'SIGBREAK'] as const;
+  for (const name of signals) process.once(name, stop);
   try {
     process.exitCode = await run({
       stdout: process.stdout,
@@ -23,7 +25,6 @@ export async function runWithProcessIo(run: (io: CommandIo) => Promise<number>):
       signal: controller.signal,
     });
   } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
+    for (const name of signals) process.off(name, stop);
   }
 }

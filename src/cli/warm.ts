@@ -45,7 +45,7 @@ The config file (YAML):
 
 Each cycle ends with a table: image, digest, action (present, pulled, pruned, failed),
 seconds, size. With --once, one cycle runs and the exit status is 1 if any image failed;
-without it, wharf warm runs until it gets SIGINT or SIGTERM.`;
+without it, wharf warm runs until it gets SIGINT or SIGTERM (Ctrl-Break on Windows).`;
 
 /** Runs `wharf warm`; returns the exit status once done (with --once) or stopped. */
 export async function runWarm(

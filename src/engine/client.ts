@@ -283,14 +283,18 @@ function tlsOptions(tls: EngineTls | undefined): Record<string, unknown> {
   };
 }
 
-function unreachable(address: string, err: unknown, tls: boolean): WharfError {
+/** Why the engine could not be reached, with a hint for the causes users meet most. */
+export function unreachable(address: string, err: unknown, tls: boolean): WharfError {
   const code = (err as { code?: string }).code ?? (err as { cause?: { code?: string } }).cause?.code;
+  // A unix socket refuses with EACCES; a Windows named pipe whose ACL leaves the user out
+  // surfaces as EPERM.
+  const denied = code === 'EACCES' || code === 'EPERM';
   // An engine that refuses a client certificate just closes the connection after the handshake.
   const tlsFailed = code !== undefined && (TLS_ERRORS.test(code) || (tls && code !== 'ECONNREFUSED'));
   const hint =
-    code === 'EACCES'
-      ? 'this user may not use the engine\'s socket: add it to the docker group, or run as ' +
-        'an administrator'
+    denied
+      ? 'this user may not use the engine\'s socket or pipe: add it to the docker group ' +
+        '(docker-users on Windows), or run as an administrator'
       : tlsFailed
         ? 'the engine\'s TLS did not check out: DOCKER_CERT_PATH must hold the ca.pem that ' +
           'signed its certificate, and the cert.pem and key.pem it accepts'
