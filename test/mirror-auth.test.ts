@@ -10,7 +10,9 @@ import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
 import { get, startTestMirror } from './support/mirror.js';
-import { createLogger } from '../src/log.js';
+import { createLogger, silentLogger } from '../src/log.js';
+import { loadMirrorConfig } from '../src/mirror/config.js';
+import { startMirror } from '../src/mirror/server.js';
 import { Writable } from 'node:stream';
 
 const USER = 'ci-bot';
@@ -135,6 +137,56 @@ describe('the mirror authenticates to private upstreams', () => {
       .filter((r) => r.scopes.some((s) => s.includes('team/app')));
     assert.equal(scoped.length, 1, `token requests: ${JSON.stringify(scoped)}`);
     assert.equal(scoped[0]!.account, USER);
+  });
+
+  test('an anonymous bearer flow gets a token without credentials', async () => {
+    const anonTokens = await startTokenServer({ user: USER, password: PASSWORD, anonymousPull: true });
+    const anon = await startRegistry({ auth: { token: anonTokens }, logLevel: 'error' });
+    await pushLayout(anon.url, 'team/app', 'v1', image.dir, { credentials: { user: USER, password: PASSWORD } });
+    const mirror = await startTestMirror({ upstreams: [anon.url] });
+    const before = anonTokens.tokenRequests;
+    await pullAll(mirror.url, anon);
+    const asked = anonTokens.requests.slice(before);
+    assert.ok(asked.length >= 1, 'the mirror asked the token server');
+    assert.ok(asked.every((r) => !r.account), `anonymous requests only: ${JSON.stringify(asked)}`);
+  });
+
+  test('an expired token is replaced by a fresh one for the same scope', async () => {
+    // Six seconds of life, less the five the client keeps in hand: stale after one.
+    const shortTokens = await startTokenServer({ user: USER, password: PASSWORD, expiresIn: 6 });
+    const short = await startRegistry({ auth: { token: shortTokens }, logLevel: 'error' });
+    await pushLayout(short.url, 'team/app', 'v1', image.dir, { credentials: { user: USER, password: PASSWORD } });
+    const mirror = await startTestMirror({
+      upstreams: [short.url],
+      tagTtlMs: 0,
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
+    });
+    const pushed = shortTokens.requests.length;
+    const scoped = () => shortTokens.requests.slice(pushed)
+      .filter((r) => r.scopes.some((x) => x.includes('team/app')));
+    const url = `${mirror.url}/v2/${upstreamName(short)}/team/app/manifests/v1`;
+    assert.equal((await get(url)).status, 200);
+    assert.equal(scoped().length, 1);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal((await get(url)).status, 200);
+    assert.equal(scoped().length, 2, 'a new token after the first expired');
+  });
+
+  test('credentials written in the YAML config file reach the upstream', async () => {
+    const dir = await makeTempDir('yaml-credentials');
+    const path = join(dir, 'mirror.yaml');
+    await writeFile(path, [
+      `listen: 127.0.0.1:0`,
+      `data: ${join(dir, 'data')}`,
+      'upstreams:',
+      `  - url: ${basic.url}`,
+      `    username: ${USER}`,
+      `    password: ${PASSWORD}`,
+      '',
+    ].join('\n'));
+    const mirror = await startMirror(await loadMirrorConfig({ config: path }), silentLogger());
+    registerCleanup(() => mirror.close());
+    await pullAll(mirror.url, basic);
   });
 
   test('a redirect to blob storage is followed without the upstream credentials', async () => {
