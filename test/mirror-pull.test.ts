@@ -181,6 +181,23 @@ describe('the mirror serves the pull API from its upstreams', () => {
     assert.equal((JSON.parse(missing.body.toString()) as { errors: { code: string }[] }).errors[0]!.code, 'NAME_UNKNOWN');
   });
 
+  test('/metrics counts bytes fetched upstream once and served from the store after', async () => {
+    const m = await startTestMirror({ upstreams: [origin.url] });
+    const base = `${m.url}/v2/${origin.host.replace(':', '_')}/ci/app/blobs`;
+    const layer = image.layers[0]!;
+    assert.equal((await get(`${base}/${layer.digest}`)).status, 200);
+    assert.equal((await get(`${base}/${layer.digest}`)).status, 200);
+    const upstream = origin.host.replace(':', '_');
+    assert.equal(await metric(m.url, 'wharf_upstream_fetched_bytes_total', { upstream }), layer.size);
+    assert.equal(await metric(m.url, 'wharf_served_bytes_total', { source: 'fetch' }), layer.size);
+    assert.equal(await metric(m.url, 'wharf_served_bytes_total', { source: 'store' }), layer.size);
+    assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'blob', outcome: 'miss' }), 1);
+    assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'blob', outcome: 'hit' }), 1);
+    assert.equal(await metric(m.url, 'wharf_fetches_in_flight'), 0);
+    assert.ok(await metric(m.url, 'wharf_store_bytes') >= layer.size);
+    assert.equal((await get(`${m.url}/healthz`)).status, 200);
+  });
+
   test('pushes are refused as unsupported', async () => {
     const { request } = await import('undici');
     const res = await request(
