@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -131,6 +131,41 @@ describe('the store stays within its budget and keeps pinned images', () => {
   });
 });
 
+/** A tmpfs of its own, unmounted by cleanupAll: a disk that really fills up. */
+async function mountTmpfs(prefix: string, options: string): Promise<string> {
+  const dir = await makeTempDir(prefix);
+  await run('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', dir]);
+  registerCleanup(() => run('umount', ['-l', dir]).catch(() => undefined));
+  return dir;
+}
+
+/** Writes into `file` until the filesystem refuses (ENOSPC); returns the bytes it took. */
+async function fillDisk(file: string): Promise<number> {
+  const fd = await open(file, 'w');
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  let total = 0;
+  try {
+    for (;;) total += (await fd.write(chunk)).bytesWritten;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+    return total;
+  } finally {
+    await fd.close();
+  }
+}
+
+/** Takes every free inode of the filesystem at `dir` but `spare`, with empty files. */
+async function fillInodes(dir: string, spare: number): Promise<void> {
+  await mkdir(dir);
+  let n = 0;
+  try {
+    for (;;) await writeFile(join(dir, String(n++)), '');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  }
+  for (let i = 0; i < spare; i++) await rm(join(dir, String(i)));
+}
+
 describe('a full disk never fails a pull', () => {
   let origin: FaultyOrigin;
   let big: BuiltImage;
@@ -169,6 +204,68 @@ describe('a full disk never fails a pull', () => {
       what: 'the temp folder to be empty',
     });
     assert.equal(await bytesOnDisk(data), mirror.mirror.index.totalSize());
+    await mirror.close();
+  });
+
+  test('a disk that fills up while a blob it had room for is written still serves it', async () => {
+    const mount = await mountTmpfs('tmpfs-fill', 'size=8m');
+    const data = join(mount, 'data');
+    await mkdir(data);
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${origin.url}`],
+      data,
+      tweak: (c) => (c.cache.minFreeDiskBytes = 0),
+    });
+    const layer = big.layers[1]!;
+    const { bavail, bsize } = await statfs(mount);
+    assert.ok(bavail * bsize > 2 * layer.size, 'the free-disk check lets the blob be stored');
+    origin.slowBlob(layer.digest, 2_000_000);
+    const url = `${mirror.url}/v2/origin/ci/big/blobs/${layer.digest}`;
+    const bodies = Promise.all([download(url), download(url)]);
+
+    // The fetch is storing; then someone else takes the rest of the disk.
+    await waitUntil(async () => {
+      const names = await readdir(join(data, 'tmp'));
+      return names.length === 1 && (await stat(join(data, 'tmp', names[0]!))).size > 500_000;
+    }, { what: 'the blob to be part-written to its temp file' });
+    assert.ok((await fillDisk(join(mount, 'filler'))) > 0);
+
+    for (const body of await bodies) assert.equal(sha256(body), layer.digest);
+    assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
+    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
+    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
+      what: 'the partial temp file to be removed',
+    });
+    assert.equal(await bytesOnDisk(data), 0);
+    origin.clearFaults();
+    await mirror.close();
+  });
+
+  test('a disk that fails at the commit of a verified blob still serves every byte', async () => {
+    const mount = await mountTmpfs('tmpfs-inodes', 'size=16m,nr_inodes=64');
+    const data = join(mount, 'data');
+    await mkdir(data);
+    const mirror = await startTestMirror({
+      upstreams: [`origin=${origin.url}`],
+      data,
+      tweak: (c) => (c.cache.minFreeDiskBytes = 0),
+    });
+    // One inode left: the temp file gets it, the blob's prefix folder at the commit cannot.
+    await fillInodes(join(mount, 'filler'), 1);
+    const layer = big.layers[1]!;
+    origin.slowBlob(layer.digest, 6_000_000);
+    const url = `${mirror.url}/v2/origin/ci/big/blobs/${layer.digest}`;
+
+    const bodies = await Promise.all([download(url), download(url)]);
+    for (const body of bodies) assert.equal(sha256(body), layer.digest);
+    assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
+    assert.equal(await metric(mirror.url, 'wharf_fetch_failures_total'), 0);
+    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
+    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
+      what: 'the verified temp file to be removed once read',
+    });
+    assert.equal(await bytesOnDisk(data), 0);
+    origin.clearFaults();
     await mirror.close();
   });
 

@@ -2,7 +2,7 @@ import { EventEmitter, once } from 'node:events';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { WharfError, toWharfError } from '../errors.js';
+import { WharfError, isWharfError, toWharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
 import type { BlobWriter } from '../store/blob-store.js';
 import type { BlobResponse } from '../upstream/client.js';
@@ -17,7 +17,10 @@ interface Reader {
 }
 
 export interface FetchEvents {
-  /** The store could not take the blob (full disk); it streams on without being kept. */
+  /**
+   * The store could not take the blob (full disk, mid-write or at its commit); it streams on,
+   * or is served from its verified temp file, without being kept.
+   */
   onPassThrough?: (err: unknown) => void;
 }
 
@@ -28,8 +31,10 @@ export interface FetchEvents {
  * slow client holds no memory and never slows the fetch. When the disk cannot take them (no
  * writer from the start, or a write fails, ENOSPC above all), the fetch turns pass-through:
  * further bytes stay in a bounded memory window that the slowest client paces, and nothing is
- * stored. Either way the last byte is withheld until the digest is verified: a wrong or cut-off
- * fetch is never seen as a complete blob; its clients' connections are broken instead.
+ * stored. A disk that fails only at the commit, once the digest matched, ends the fetch done
+ * but unstored: every byte is verified and in the temp file, which its readers finish.
+ * Either way the last byte is withheld until the digest is verified: a wrong or cut-off fetch
+ * is never seen as a complete blob; its clients' connections are broken instead.
  */
 export class BlobFetch extends EventEmitter {
   /** Bytes the upstream announced; undefined when it sent no Content-Length. */
@@ -47,6 +52,8 @@ export class BlobFetch extends EventEmitter {
   private readonly tempPath: string | undefined;
   /** Removes the temp file of a fetch that turned pass-through, once no reader needs it. */
   private discardTemp: (() => Promise<void>) | undefined;
+  /** Once set, bytes that were only in the temp file are gone: no new client can start. */
+  private tempDiscarded = false;
 
   constructor(
     readonly digest: string,
@@ -76,7 +83,7 @@ export class BlobFetch extends EventEmitter {
   canServeFrom(pos: number): boolean {
     if (this.state === 'failed') return false;
     if (this.writer) return true;
-    if (pos < this.fileBytes) return this.memoryStart === this.fileBytes;
+    if (pos < this.fileBytes) return this.memoryStart === this.fileBytes && !this.tempDiscarded;
     return pos >= this.memoryStart;
   }
 
@@ -108,8 +115,8 @@ export class BlobFetch extends EventEmitter {
           { hint: 'the upstream connection broke; the next request fetches the blob again' },
         );
       }
-      const stored = this.writer !== undefined;
-      if (this.writer) await this.writer.commit(this.size);
+      let stored = false;
+      if (this.writer) stored = await this.commit(this.writer);
       else this.verifyPassThrough();
       this.state = 'done';
       this.emit('progress');
@@ -136,7 +143,27 @@ export class BlobFetch extends EventEmitter {
     if (this.state === 'running' || this.readers.size > 0 || !this.discardTemp) return;
     const discard = this.discardTemp;
     this.discardTemp = undefined;
+    this.tempDiscarded = true;
     await discard();
+  }
+
+  /**
+   * Renames the verified blob into the store. A filesystem error now must not cost the
+   * clients anything: every byte is verified and in the temp file, so the fetch ends done but
+   * unstored, and the temp file goes once its readers finish (as for a pass-through fetch).
+   */
+  private async commit(writer: BlobWriter): Promise<boolean> {
+    try {
+      await writer.commit(this.size);
+      return true;
+    } catch (err) {
+      if (isWharfError(err, 'WHARF_UPSTREAM_DIGEST_MISMATCH')) throw err;
+      this.writer = undefined;
+      this.memoryStart = this.fileBytes;
+      this.discardTemp = () => writer.abort();
+      this.events.onPassThrough?.(err);
+      return false;
+    }
   }
 
   private async accept(buf: Buffer): Promise<void> {

@@ -86,7 +86,7 @@ export class CacheManager {
 
   passThrough(log: Record<string, unknown>, err: unknown): void {
     this.metrics.passThroughFetches.inc();
-    const reason = err === undefined ? 'below the free-disk floor' : (err as NodeJS.ErrnoException).code ?? String(err);
+    const reason = err === undefined ? 'below the free-disk floor' : errnoOf(err);
     this.logger.warn({ ...log, reason }, 'store full, streaming without storing');
     void this.gc(0);
   }
@@ -151,4 +151,11 @@ export class CacheManager {
     this.metrics.storeBytes.set(this.bytes);
     this.metrics.pinnedBytes.set(this.index.pinnedBytes());
   }
+}
+
+/** ENOSPC rather than WHARF_STORE_FULL: a store failure wraps the errno error it met. */
+function errnoOf(err: unknown): string {
+  const cause = err instanceof Error ? err.cause : undefined;
+  const errno = (cause as NodeJS.ErrnoException | undefined)?.code;
+  return errno ?? (err as NodeJS.ErrnoException).code ?? String(err);
 }

@@ -109,20 +109,39 @@ export class BlobWriter {
   }
 
   /**
-   * Checks the digest, flushes the file to disk and renames it into the store. On a mismatch the
-   * temp file is removed and DIGEST_MISMATCH is thrown: nothing unverified is kept.
+   * Checks the digest, then flushes the file to disk and renames it into the store.
+   *
+   * The two ways this fails are told apart by code. A mismatch removes the temp file and
+   * throws WHARF_UPSTREAM_DIGEST_MISMATCH: nothing unverified is kept. A filesystem failure
+   * after the digest matched (a full disk at close, fsync, mkdir or rename) throws
+   * WHARF_STORE_FULL (ENOSPC, EDQUOT) or WHARF_STATE_UNWRITABLE (anything else) and leaves the
+   * temp file in place: its bytes are verified and may still be read, so the caller decides
+   * when abort() removes it.
    */
   async commit(expectedSize?: number): Promise<void> {
+    // The hash saw every byte given to write(), whatever reached the disk: check it first, so
+    // a disk error can never pass for a wrong upstream or the other way round.
     const actual = `${parseDigest(this.digest).algorithm}:${this.hash.digest('hex')}`;
-    await this.close();
     if (actual !== this.digest || (expectedSize !== undefined && expectedSize !== this.bytes)) {
       await this.abort();
       throw new WharfError(
         'WHARF_UPSTREAM_DIGEST_MISMATCH',
         `content for ${this.digest} hashes to ${actual} (${this.bytes} bytes)`,
-        { hint: 'the upstream sent wrong bytes; nothing was stored', detail: { digest: this.digest } },
+        {
+          hint: 'the upstream sent wrong bytes; nothing was stored',
+          detail: { digest: this.digest },
+        },
       );
     }
+    try {
+      await this.close();
+      await this.install();
+    } catch (err) {
+      throw storeFailure(this.digest, this.store.root, err);
+    }
+  }
+
+  private async install(): Promise<void> {
     const fd = await open(this.tempPath, 'r');
     try {
       await fd.sync();
@@ -161,4 +180,22 @@ export class BlobWriter {
       this.stream.end((err?: Error | null) => (err ? reject(err) : resolve()));
     });
   }
+}
+
+/** A verified blob the filesystem would not take; `cause` keeps the errno error. */
+function storeFailure(digest: string, root: string, err: unknown): WharfError {
+  const errno = (err as NodeJS.ErrnoException).code;
+  const full = errno === 'ENOSPC' || errno === 'EDQUOT';
+  const why = err instanceof Error ? err.message : String(err);
+  return new WharfError(
+    full ? 'WHARF_STORE_FULL' : 'WHARF_STATE_UNWRITABLE',
+    `verified blob ${digest} could not be stored under ${root}: ${why}`,
+    {
+      cause: err,
+      hint: full
+        ? 'free disk space there, or lower cache.maxSize so eviction keeps room'
+        : 'check that the data folder is writable by the mirror and its disk is healthy',
+      detail: { digest, errno },
+    },
+  );
 }
