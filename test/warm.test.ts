@@ -197,9 +197,28 @@ describe('wharf warm keeps the listed images on the engine', () => {
     assert.equal(await second.code, 2);
     assert.match(second.err(), /kep: unknown key/);
 
-    const idle = warm({}, ['alpine:3']);
+    const nothingToWaitFor = await configFile(dir, { images: ['alpine:3'] });
+    const idle = warm({ config: nothingToWaitFor });
     assert.equal(await idle.code, 2);
     assert.match(idle.err(), /--once/);
+  });
+
+  test('images given as arguments without --once stay warm until a signal', async () => {
+    const dir = await makeTempDir('warm-args');
+    const origin = await startRegistry({ logLevel: 'error' });
+    const [name] = await pushAll(dir, origin.url, origin.host, ['warm/args']);
+    // The file only keeps the state out of the home folder; it lists no image.
+    const config = await configFile(dir, { images: [] });
+
+    const run = warm({ config, json: true }, [name!]);
+
+    await waitUntil(() => reports(run).length >= 1, { what: 'the first cycle' });
+    assert.deepEqual(reports(run)[0]!.rows.map((r) => r.action), ['pulled']);
+    // Still running after its first cycle: it is watching the tag, not done.
+    const later = new Promise((resolve) => setTimeout(resolve, 500, 'running'));
+    assert.equal(await Promise.race([run.code, later]), 'running', run.err());
+    run.stop();
+    assert.equal(await run.code, 0);
   });
 
   test('without --json a cycle ends with a table of image, digest and action', async () => {

@@ -19,6 +19,8 @@ export const WARM_DEFAULTS = {
   /** All attempts for one image in one cycle. */
   deadline: '30m',
   stallTimeout: '60s',
+  /** How often tags are polled when images come as arguments and nothing says when to run. */
+  watch: '5m',
 } as const;
 
 const duration = z.union([z.string(), z.number()]);

@@ -1,12 +1,13 @@
 import type { Command } from 'commander';
 import { Agent } from 'undici';
 import { Warmer } from '../agent/warm.js';
-import { loadWarmConfig, type WarmConfig } from '../agent/warm-config.js';
+import { WARM_DEFAULTS, loadWarmConfig, type WarmConfig } from '../agent/warm-config.js';
 import { WharfError, toWharfError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { engineAddressFrom } from '../engine/address.js';
 import { DockerEngine } from '../engine/client.js';
 import { dockerConfigPath } from '../upstream/credentials.js';
+import { parseDuration } from '../util/units.js';
 import { runWithProcessIo, type CommandIo } from './process-io.js';
 import { exitCodeFor } from './errors.js';
 import { createReporter } from './reporter.js';
@@ -22,6 +23,7 @@ export interface WarmCliFlags {
 const EXAMPLES = `
 Examples:
   $ wharf warm --config /etc/wharf/warm.yml
+  $ wharf warm registry.example.io/ci/build:2024   # follows its tag every ${WARM_DEFAULTS.watch}
   $ wharf warm --once --mirror http://mirror.internal:5000 registry.example.io/ci/build:2024
   $ wharf warm --config warm.yml --once --json      # from cron, a systemd timer or Task Scheduler
 
@@ -45,7 +47,9 @@ The config file (YAML):
 
 Each cycle ends with a table: image, digest, action (present, pulled, pruned, failed),
 seconds, size. With --once, one cycle runs and the exit status is 1 if any image failed;
-without it, wharf warm runs until it gets SIGINT or SIGTERM (Ctrl-Break on Windows).`;
+without it, wharf warm runs until it gets SIGINT or SIGTERM (Ctrl-Break on Windows).
+Images given as arguments, with no schedule: or watch: in a config, have their tags
+watched every ${WARM_DEFAULTS.watch}.`;
 
 /** Runs `wharf warm`; returns the exit status once done (with --once) or stopped. */
 export async function runWarm(
@@ -60,9 +64,13 @@ export async function runWarm(
   try {
     config = await loadWarmConfig(flags, images, io.env);
     if (!flags.once && !config.schedule && !config.watchMs) {
-      throw new WharfError('WHARF_BAD_USAGE', 'nothing to wait for: no schedule and no watch', {
-        hint: 'add schedule: or watch: to the config, or pass --once to run one cycle',
-      });
+      // `wharf warm IMAGE` is asked to keep IMAGE warm, which means following its tag; a
+      // config file that names no schedule and no watch is more likely a mistake.
+      if (images.length === 0) {
+        throw new WharfError('WHARF_BAD_USAGE', 'nothing to wait for: no schedule and no watch',
+          { hint: 'add schedule: or watch: to the config, or pass --once to run one cycle' });
+      }
+      config.watchMs = parseDuration(WARM_DEFAULTS.watch, 'watch');
     }
     engine = new DockerEngine(engineAddressFrom(config.engine, io.env));
   } catch (err) {
@@ -117,7 +125,8 @@ export function register(program: Command): void {
     .command('warm')
     .description('keep the images a host needs on its container engine: pull ahead of the ' +
       'jobs, follow moving tags, prune old versions')
-    .argument('[image...]', 'images to keep, in addition to the config file\'s')
+    .argument('[image...]', 'images to keep, in addition to the config file\'s (without ' +
+      `--once or a schedule or watch, their tags are watched every ${WARM_DEFAULTS.watch})`)
     .option('--config <file>', 'warm config (YAML); see below')
     .option('--once', 'run one cycle and exit: 1 if any image failed (for cron, timers, ' +
       'Task Scheduler)')
