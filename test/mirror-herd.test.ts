@@ -89,4 +89,32 @@ describe('a herd of clients on a cold image', () => {
     }
     assert.equal(slow.count('GET', new RegExp(`/blobs/${layer.digest}$`)), 1);
   });
+  test('a herd on a fetch that turns out corrupt: every client sees a broken transfer', async () => {
+    const fresh = await buildImage(join(await makeTempDir('img3'), 'bad'), { layers: [2_000_000], tag: 'v1' });
+    const registry = await startRegistry({ logLevel: 'error' });
+    await pushLayout(registry.url, 'ci/bad', 'v1', fresh.dir);
+    const bad = await startFaultyOrigin(registry.url);
+    const m = await startTestMirror({ upstreams: [`bad=${bad.url}`] });
+    const layer = fresh.layers[0]!;
+    // Corrupt every time: clients that come after one fetch failed start another, as bad.
+    bad.corruptBlob(layer.digest);
+    const url = `${m.url}/v2/bad/ci/bad/blobs/${layer.digest}`;
+
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: CLIENTS }, async () => {
+        const res = await request(url);
+        return Buffer.from(await res.body.arrayBuffer());
+      }),
+    );
+    for (const o of outcomes) {
+      assert.equal(o.status, 'rejected', 'a client got a complete-looking corrupt blob');
+    }
+    assert.ok(bad.count('GET', new RegExp(`/blobs/${layer.digest}$`)) < CLIENTS,
+      'clients shared fetches');
+    assert.equal(m.mirror.index.getBlob(layer.digest), undefined);
+
+    bad.clearFaults();
+    const res = await request(url);
+    assert.equal(sha256(Buffer.from(await res.body.arrayBuffer())), layer.digest);
+  });
 });
