@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { request } from 'undici';
 import { startFaultyOrigin, type FaultyOrigin } from './helpers/faulty-origin.js';
-import { buildImage, type BuiltImage } from './helpers/images.js';
+import { buildImage, buildIndex, type BuiltImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { skopeoCopy } from './helpers/skopeo.js';
@@ -16,6 +16,7 @@ import { waitUntil } from './helpers/wait.js';
 import { get, metric, startTestMirror } from './support/mirror.js';
 import { startMirrorProcess } from './support/mirror-process.js';
 import { BlobStore } from '../src/store/blob-store.js';
+import { evict } from '../src/store/eviction.js';
 import { verifyFile } from '../src/store/recovery.js';
 import type { RunningMirror } from '../src/mirror/server.js';
 
@@ -105,6 +106,43 @@ describe('the store stays within its budget and keeps pinned images', () => {
       await metric(mirror.url, 'wharf_requests_total', { kind: 'blob', outcome: 'hit' }),
       hits + 3,
     );
+  });
+
+  test('a multi-platform image goes platform by platform, then with its index and tag', async () => {
+    const multi = await buildIndex(join(await makeTempDir('multi'), 'multi'), [
+      { layers: [120_000], architecture: 'amd64' },
+      { layers: [110_000], architecture: 'arm64' },
+    ], { tag: 'v1' });
+    await pushLayout(registry.url, 'ci/multi', 'v1', multi.dir);
+    const mirror = await startTestMirror({ upstreams: [`origin=${registry.url}`] });
+    const base = `${mirror.url}/v2/origin/ci/multi`;
+    const accept = { accept: multi.mediaType };
+    assert.equal(sha256((await get(`${base}/manifests/v1`, { headers: accept })).body), multi.digest);
+    for (const image of multi.images) {
+      const headers = { accept: image.mediaType };
+      const m = await get(`${base}/manifests/${image.digest}`, { headers });
+      assert.equal(sha256(m.body), image.digest);
+      for (const b of [image.config, ...image.layers]) await download(`${base}/blobs/${b.digest}`);
+    }
+    const index = mirror.mirror.index;
+    const [amd64, arm64] = multi.images as [BuiltImage, BuiltImage];
+    const contentOf = (image: BuiltImage) => [image.config, ...image.layers];
+
+    // The amd64 content is the least recently used: it goes first, and its manifest with it.
+    const amd64Blobs = contentOf(amd64);
+    const age = index.db.prepare('UPDATE blobs SET last_access = 1 WHERE digest = ?');
+    for (const b of amd64Blobs) age.run(b.digest);
+    const bytes = amd64Blobs.reduce((sum, b) => sum + b.size, 0);
+    await evict(index, mirror.mirror.store, { bytes });
+    assert.equal(index.getBlob(amd64.digest), undefined);
+    assert.ok(index.getBlob(arm64.digest), 'the arm64 manifest still has its content');
+    assert.ok(index.getBlob(multi.digest), 'the index still has a platform with content');
+
+    await evict(index, mirror.mirror.store, { bytes: Number.MAX_SAFE_INTEGER });
+    for (const d of [multi.digest, arm64.digest]) assert.equal(index.getBlob(d), undefined, d);
+    assert.deepEqual(index.tagsOf('origin', 'ci/multi'), []);
+    assert.equal(index.totalSize(), 0);
+    assert.equal(await bytesOnDisk(mirror.mirror.store.root), 0);
   });
 
   test('a pinned tag that moves is fetched again before anyone asks', async () => {

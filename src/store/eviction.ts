@@ -22,7 +22,7 @@ const UNLINK_CONCURRENCY = 4;
 
 /**
  * Evicts least recently used layers and configs until `bytes` are freed, skipping pinned and
- * busy blobs, then removes manifests that nothing stored refers to any more.
+ * busy blobs, then removes manifests that have no config or layer stored under them any more.
  *
  * Each batch first deletes the rows, so no new request finds those blobs, then unlinks the
  * files. A crash in between leaves files without rows, which start-up recovery verifies and
@@ -57,15 +57,12 @@ export async function evict(
     await yieldToLoop();
   }
 
-  // Manifests go with their content: repeat, since dropping a manifest can orphan its index.
-  for (;;) {
-    const orphans = index.orphanManifests().filter((r) => !isBusy(r.digest));
-    if (orphans.length === 0) break;
-    await remove(index, store, orphans, options.onEvicted);
-    result.count += orphans.length;
-    result.bytes += orphans.reduce((sum, r) => sum + r.size, 0);
-    await yieldToLoop();
-  }
+  // Manifests go with their content; the orphan query looks through whole trees, so an index
+  // and its platform manifests (and the tags on them) go in the same pass.
+  const orphans = index.orphanManifests().filter((r) => !isBusy(r.digest));
+  await remove(index, store, orphans, options.onEvicted);
+  result.count += orphans.length;
+  result.bytes += orphans.reduce((sum, r) => sum + r.size, 0);
   return result;
 }
 

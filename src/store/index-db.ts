@@ -134,13 +134,23 @@ export class IndexDb {
         `SELECT * FROM blobs WHERE media_type IS NULL AND (last_access, digest) > (?, ?)
          ORDER BY last_access, digest LIMIT ?`,
       ),
-      // Manifests with nothing stored under them and no stored index above them.
+      // Manifests none of whose configs and layers are stored any more, looked for through
+      // the whole tree: an index reaches its content only through its platform manifests, so
+      // asking just for direct children (or for a parent) would keep an index and its
+      // manifests for ever. An index goes together with its manifests, as none of them has
+      // content left.
       orphanManifests: db.prepare<[], BlobRow>(
-        `SELECT * FROM blobs b WHERE b.media_type IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM refs r JOIN blobs c ON c.digest = r.child
-                           WHERE r.parent = b.digest)
-           AND NOT EXISTS (SELECT 1 FROM refs r JOIN blobs p ON p.digest = r.parent
-                           WHERE r.child = b.digest)
+        `WITH RECURSIVE reach(root, digest) AS (
+           SELECT digest, digest FROM blobs WHERE media_type IS NOT NULL
+           UNION
+           SELECT t.root, r.child FROM refs r JOIN reach t ON r.parent = t.digest
+         ),
+         live(root) AS (
+           SELECT t.root FROM reach t JOIN blobs c ON c.digest = t.digest
+           WHERE c.media_type IS NULL
+         )
+         SELECT * FROM blobs b WHERE b.media_type IS NOT NULL
+           AND b.digest NOT IN (SELECT root FROM live)
            AND NOT EXISTS (SELECT 1 FROM pinned_blobs pb WHERE pb.digest = b.digest)`,
       ),
       allBlobs: db.prepare<[], BlobRow>('SELECT * FROM blobs'),
@@ -252,6 +262,7 @@ export class IndexDb {
     return this.stmts.lruPage.all(after.last_access, after.digest, limit);
   }
 
+  /** Manifests and indexes with no config or layer left under them, pinned ones aside. */
   orphanManifests(): BlobRow[] {
     return this.stmts.orphanManifests.all();
   }
