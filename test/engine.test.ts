@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { copyFile, rm } from 'node:fs/promises';
+import { chmod, copyFile, rm, writeFile } from 'node:fs/promises';
+import { delimiter } from 'node:path';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isWharfError } from '../src/errors.js';
@@ -8,6 +9,8 @@ import {
   DockerEngine, MAX_API_VERSION, compareApiVersions, unreachable,
 } from '../src/engine/client.js';
 import { PullStream } from '../src/engine/pull-stream.js';
+import { registryAuthFor } from '../src/engine/registry-auth.js';
+import { resolveCredentials } from '../src/upstream/credentials.js';
 import type { PullProgress } from '../src/engine/types.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
 import { buildImage } from './helpers/images.js';
@@ -150,6 +153,63 @@ describe('an engine the user may not open says how to get access', () => {
       assert.equal(err.code, 'WHARF_ENGINE_UNREACHABLE');
       assert.match(err.hint ?? '', /docker-users/, code);
     }
+  });
+});
+
+describe('an identity token goes to the engine as docker sends it, never as a password', () => {
+  after(cleanupAll);
+
+  const decode = (header: string | undefined) =>
+    JSON.parse(Buffer.from(header ?? '', 'base64url').toString('utf8')) as Record<string, string>;
+
+  /** Runs `fn` with DOCKER_CONFIG (and optionally PATH) pointing at `dir`. */
+  async function withDockerConfig<T>(dir: string, path: boolean, fn: () => Promise<T>) {
+    const saved = { config: process.env.DOCKER_CONFIG, path: process.env.PATH };
+    process.env.DOCKER_CONFIG = dir;
+    if (path) process.env.PATH = `${dir}${delimiter}${saved.path ?? ''}`;
+    try {
+      return await fn();
+    } finally {
+      if (saved.config === undefined) delete process.env.DOCKER_CONFIG;
+      else process.env.DOCKER_CONFIG = saved.config;
+      process.env.PATH = saved.path;
+    }
+  }
+
+  test('an identitytoken of config.json is sent as identitytoken with the username', async () => {
+    const dir = await makeTempDir('identity-config');
+    const config = join(dir, 'config.json');
+    const auth = Buffer.from('ci:').toString('base64');
+    await writeFile(config, JSON.stringify({
+      auths: { 'registry.example.io': { auth, identitytoken: 'refresh-me' } },
+    }));
+
+    const header = decode(await registryAuthFor('registry.example.io', config));
+
+    assert.deepEqual(header, { username: 'ci', identitytoken: 'refresh-me',
+      serveraddress: 'registry.example.io' });
+    const forClient = await withDockerConfig(dir, false,
+      () => resolveCredentials('example', 'registry.example.io', undefined));
+    assert.equal(forClient, undefined, 'no basic auth made of an identity token');
+  });
+
+  test('a credential helper that answers <token> gives an identity token', async () => {
+    const dir = await makeTempDir('identity-helper');
+    const helper = join(dir, 'docker-credential-wharftest');
+    await writeFile(helper, '#!/bin/sh\ncat >/dev/null\n' +
+      'echo \'{"ServerURL":"registry.example.io","Username":"<token>","Secret":"refresh-me"}\'\n');
+    await chmod(helper, 0o755);
+    const config = join(dir, 'config.json');
+    await writeFile(config, JSON.stringify({ credsStore: 'wharftest' }));
+
+    const [header, forClient] = await withDockerConfig(dir, true, async () => [
+      decode(await registryAuthFor('registry.example.io', config)),
+      await resolveCredentials('example', 'registry.example.io', undefined),
+    ] as const);
+
+    assert.deepEqual(header,
+      { identitytoken: 'refresh-me', serveraddress: 'registry.example.io' });
+    assert.equal(forClient, undefined);
   });
 });
 

@@ -14,19 +14,28 @@ export async function registryAuthFor(
 ): Promise<string | undefined> {
   const found = await credentialsFromDockerConfig(host, configPath);
   if (!found) return undefined;
-  return encodeRegistryAuth({
-    username: found.username,
-    password: found.password,
-    // Docker Hub is known to the engine by its historical index address.
-    serveraddress: host === 'docker.io' ? 'https://index.docker.io/v1/' : host,
-  });
+  // Docker Hub is known to the engine by its historical index address.
+  const serveraddress = host === 'docker.io' ? 'https://index.docker.io/v1/' : host;
+  if (found.identityToken) {
+    // As the docker CLI sends it: the engine trades an identity token for bearer tokens with
+    // the OAuth2 refresh_token grant; as a password it would be refused.
+    return encodeRegistryAuth({ username: found.username, identitytoken: found.identityToken,
+      serveraddress });
+  }
+  return encodeRegistryAuth({ username: found.username, password: found.password,
+    serveraddress });
 }
 
-export function encodeRegistryAuth(auth: {
-  username: string;
-  password: string;
+/** The fields of the engine's `AuthConfig` that wharf sends; empty ones are left out. */
+export interface RegistryAuth {
+  username?: string;
+  password?: string;
+  identitytoken?: string;
   serveraddress: string;
-}): string {
+}
+
+export function encodeRegistryAuth(fields: RegistryAuth): string {
+  const auth = Object.fromEntries(Object.entries(fields).filter(([, v]) => v));
   // URL-safe base64 with its `=` padding: the engine decodes with Go's URLEncoding, which
   // needs the padding, and quietly pulls anonymously when it cannot decode the header.
   return Buffer.from(JSON.stringify(auth), 'utf8').toString('base64')

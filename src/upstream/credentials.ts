@@ -13,7 +13,16 @@ export type CredentialOrigin = 'config' | 'env' | 'docker-config' | 'credential-
 
 export interface FoundCredentials extends Credentials {
   origin: CredentialOrigin;
+  /**
+   * An OAuth2 refresh token that stands in for the password (`password` is then ''): the
+   * `identitytoken` that `docker login` stores for registries with an OAuth2 token endpoint,
+   * or a credential helper's secret under the username `<token>`.
+   */
+  identityToken?: string;
 }
+
+/** The username docker credential helpers give with an identity token as the secret. */
+const TOKEN_USERNAME = '<token>';
 
 /** `registry.example.io:5000` -> `WHARF_REGISTRY_EXAMPLE_IO_5000` (then `_USERNAME`, `_PASSWORD`). */
 export function envPrefix(name: string): string {
@@ -32,7 +41,12 @@ export function credentialsFromEnv(
 }
 
 interface DockerConfig {
-  auths?: Record<string, { auth?: string; username?: string; password?: string }>;
+  auths?: Record<string, {
+    auth?: string;
+    username?: string;
+    password?: string;
+    identitytoken?: string;
+  }>;
   credsStore?: string;
   credHelpers?: Record<string, string>;
 }
@@ -59,7 +73,10 @@ async function readDockerConfig(path: string): Promise<DockerConfig | undefined>
 }
 
 /** Asks a docker credential helper (`docker-credential-NAME get`), as the docker CLI does. */
-function fromHelper(helper: string, server: string): Promise<Credentials | undefined> {
+function fromHelper(
+  helper: string,
+  server: string,
+): Promise<Omit<FoundCredentials, 'origin'> | undefined> {
   return new Promise((resolve) => {
     const child = spawn(`docker-credential-${helper}`, ['get'], { stdio: ['pipe', 'pipe', 'ignore'] });
     let out = '';
@@ -69,7 +86,9 @@ function fromHelper(helper: string, server: string): Promise<Credentials | undef
       if (code !== 0) return resolve(undefined);
       try {
         const parsed = JSON.parse(out) as { Username?: string; Secret?: string };
-        if (parsed.Username && parsed.Secret) {
+        if (parsed.Username === TOKEN_USERNAME && parsed.Secret) {
+          resolve({ username: '', password: '', identityToken: parsed.Secret });
+        } else if (parsed.Username && parsed.Secret) {
           resolve({ username: parsed.Username, password: parsed.Secret });
         } else resolve(undefined);
       } catch {
@@ -100,6 +119,13 @@ export async function credentialsFromDockerConfig(
   for (const key of keys) {
     const entry = config.auths?.[key];
     if (!entry) continue;
+    if (entry.identitytoken) {
+      // `docker login` keeps the username beside the token (in `auth` as `user:`).
+      const decoded = entry.auth ? Buffer.from(entry.auth, 'base64').toString('utf8') : '';
+      const username = entry.username ?? decoded.slice(0, Math.max(decoded.indexOf(':'), 0));
+      return { username, password: '', identityToken: entry.identitytoken,
+        origin: 'docker-config' };
+    }
     if (entry.username && entry.password) {
       return { username: entry.username, password: entry.password, origin: 'docker-config' };
     }
@@ -121,6 +147,13 @@ export async function credentialsFromDockerConfig(
 /**
  * Credentials for one upstream, first found wins: the config file, then environment variables,
  * then the docker `config.json` of the user running wharf.
+ *
+ * An identity token found there is left out, and the upstream is asked anonymously: the
+ * registry client answers challenges with a username and password only, and the token sent
+ * as either would only be refused (and `<token>` is no user). The engine does get it, as
+ * `registryAuthFor` sends it, but a private registry's tags cannot be resolved this way yet.
+ * TODO: fetch bearer tokens with the OAuth2 `refresh_token` grant (a POST to the realm, in
+ * the Authenticator, which lies outside this file) so the registry client can use them too.
  */
 export async function resolveCredentials(
   name: string,
@@ -128,5 +161,6 @@ export async function resolveCredentials(
   configured: Credentials | undefined,
 ): Promise<FoundCredentials | undefined> {
   if (configured) return { ...configured, origin: 'config' };
-  return credentialsFromEnv(name) ?? (await credentialsFromDockerConfig(host));
+  const found = credentialsFromEnv(name) ?? (await credentialsFromDockerConfig(host));
+  return found?.identityToken ? undefined : found;
 }
