@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
@@ -100,6 +100,21 @@ describe('wharf cache commands on a running mirror', () => {
     assert.equal(code, 0, stdout);
     assert.match(stdout, /evicted \d+ blobs/);
     assert.ok(mirror.mirror.index.totalSize() <= budget);
+  });
+
+  test('commands report a corrupt index and leave it for `wharf serve` to rebuild', async () => {
+    const broken = join(await makeTempDir('broken'), 'data');
+    await mkdir(join(broken, 'blobs'), { recursive: true });
+    const garbage = 'this is not a database '.repeat(100);
+    await writeFile(join(broken, 'index.db'), garbage);
+    for (const cmd of [['ls'], ['verify'], ['gc', '--max-size', '1GB']]) {
+      const { code, stderr } = await wharf(['cache', ...cmd, '--data', broken]);
+      assert.equal(code, 1, cmd[0]);
+      assert.match(stderr, /WHARF_STORE_CORRUPT/, cmd[0]);
+      assert.match(stderr, /hint: restart `wharf serve`/, cmd[0]);
+    }
+    assert.deepEqual((await readdir(broken)).sort(), ['blobs', 'index.db']);
+    assert.equal(await readFile(join(broken, 'index.db'), 'utf8'), garbage);
   });
 
   test('commands refuse a folder that is not a data folder, with a hint', async () => {

@@ -17,8 +17,10 @@ import { get, metric, startTestMirror } from './support/mirror.js';
 import { startMirrorProcess } from './support/mirror-process.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { evict } from '../src/store/eviction.js';
+import { IndexDb } from '../src/store/index-db.js';
 import { verifyFile } from '../src/store/recovery.js';
 import type { RunningMirror } from '../src/mirror/server.js';
+import type { WharfError } from '../src/errors.js';
 
 const run = promisify(execFile);
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -323,6 +325,19 @@ describe('a full disk never fails a pull', () => {
   });
 });
 
+/** Overwrites the header of the root page of a table or index, in a closed database file. */
+async function smashPage(file: string, name: string): Promise<void> {
+  const db = new IndexDb(file);
+  const { rootpage } = db.db
+    .prepare<[string], { rootpage: number }>('SELECT rootpage FROM sqlite_master WHERE name = ?')
+    .get(name)!;
+  const pageSize = db.db.pragma('page_size', { simple: true }) as number;
+  db.close();
+  const fd = await open(file, 'r+');
+  await fd.write(Buffer.alloc(16, 0xff), 0, 16, (rootpage - 1) * pageSize);
+  await fd.close();
+}
+
 describe('crash safety and recovery', () => {
   let registry: Registry;
   let origin: FaultyOrigin;
@@ -382,11 +397,20 @@ describe('crash safety and recovery', () => {
     const stored = mirror.mirror.index.totalSize();
     await mirror.close();
 
-    for (const damage of ['remove', 'corrupt'] as const) {
-      for (const f of ['index.db', 'index.db-wal', 'index.db-shm']) await rm(join(data, f), { force: true });
+    for (const damage of ['damaged page', 'remove', 'corrupt'] as const) {
+      if (damage === 'damaged page') {
+        // A file SQLite still opens, with one b-tree page smashed: only quick_check tells.
+        await smashPage(join(data, 'index.db'), 'blobs_lru');
+      } else {
+        for (const f of ['index.db', 'index.db-wal', 'index.db-shm']) await rm(join(data, f), { force: true });
+      }
       if (damage === 'corrupt') await writeFile(join(data, 'index.db'), 'this is not a database '.repeat(100));
       mirror = await startTestMirror({ upstreams: [`origin=${origin.url}`], data });
       assert.equal(mirror.mirror.index.totalSize(), stored, damage);
+      assert.deepEqual(mirror.mirror.index.quickCheck(), [], damage);
+      if (damage !== 'remove') {
+        assert.ok((await readdir(data)).some((f) => f.startsWith('index.db.corrupt-')), damage);
+      }
       // The blobs come back from the store: the origin is asked which repository has them
       // (HEAD) but sends no blob again.
       origin.resetCounters();
@@ -396,5 +420,21 @@ describe('crash safety and recovery', () => {
       assert.equal(manifest.headers['content-type'], image.mediaType);
       await mirror.close();
     }
+  });
+
+  test('an index that cannot be opened but is not corrupt is left as it is, with a hint', async () => {
+    const data = join(await makeTempDir('cantopen'), 'data');
+    // A folder where the file should be: SQLite cannot open it, and nothing is corrupt.
+    await mkdir(join(data, 'index.db'), { recursive: true });
+    await assert.rejects(
+      startTestMirror({ upstreams: [`origin=${origin.url}`], data }),
+      (err: WharfError) => {
+        assert.equal(err.code, 'WHARF_STATE_UNWRITABLE');
+        assert.match(err.hint ?? '', /readable and writable/);
+        return true;
+      },
+    );
+    assert.deepEqual(await readdir(data), ['index.db']);
+    assert.ok((await stat(join(data, 'index.db'))).isDirectory());
   });
 });

@@ -32,10 +32,14 @@ async function dataDir(flags: DataFlags): Promise<string> {
   return dir;
 }
 
-/** Opens the store of a data folder; SQLite's WAL lets this run beside a serving mirror. */
+/**
+ * Opens the store of a data folder; SQLite's WAL lets this run beside a serving mirror. A
+ * corrupt index is reported, never rebuilt here: moving it aside under a running mirror would
+ * lose what the mirror writes.
+ */
 async function withStore<T>(flags: DataFlags, fn: (index: IndexDb, store: BlobStore) => Promise<T>) {
   const dir = await dataDir(flags);
-  const index = await openIndex(dir, silentLogger());
+  const index = await openIndex(dir, silentLogger(), { rebuild: false });
   try {
     return await fn(index, new BlobStore(dir));
   } finally {

@@ -89,13 +89,20 @@ export class IndexDb {
 
   constructor(file: string) {
     this.db = new Database(file);
-    // WAL lets `wharf cache` commands read while the mirror writes; NORMAL sync is safe with
-    // WAL (a crash loses at most the last transactions, never consistency), and the blob files,
-    // which are fsynced, are the source of truth that recovery rebuilds the index from.
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('busy_timeout = 5000');
-    this.db.exec(SCHEMA);
+    try {
+      // busy_timeout first: a writer holding the lock must make the pragmas below wait, not
+      // fail. WAL lets `wharf cache` commands read while the mirror writes; NORMAL sync is
+      // safe with WAL (a crash loses at most the last transactions, never consistency), and
+      // the blob files, which are fsynced, are the source of truth recovery rebuilds from.
+      this.db.pragma('busy_timeout = 5000');
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.exec(SCHEMA);
+    } catch (err) {
+      // Closed here, so a file found corrupt can be moved aside with no handle left on it.
+      this.db.close();
+      throw err;
+    }
     const db = this.db;
     this.stmts = {
       getBlob: db.prepare<[string], BlobRow>('SELECT * FROM blobs WHERE digest = ?'),
@@ -313,6 +320,12 @@ export class IndexDb {
 
   pinnedBytes(): number {
     return this.stmts.pinnedBytes.get()?.total ?? 0;
+  }
+
+  /** What SQLite's quick_check finds wrong with the file; empty when it is sound. */
+  quickCheck(): string[] {
+    const rows = this.db.pragma('quick_check') as { quick_check: string }[];
+    return rows.map((r) => r.quick_check).filter((line) => line !== 'ok');
   }
 
   totalSize(): number {

@@ -2,6 +2,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { hasher, parseDigest } from '../oci/digest.js';
 import { parseManifest } from '../oci/manifest.js';
@@ -11,24 +12,78 @@ import { IndexDb } from './index-db.js';
 
 export const INDEX_FILE = 'index.db';
 
+export interface OpenIndexOptions {
+  /**
+   * Move a corrupt index aside and start an empty one for recovery to fill. Only the mirror
+   * does, at its start; a `wharf cache` command beside a running mirror must never.
+   */
+  rebuild: boolean;
+}
+
 /**
- * Opens the index; a file SQLite cannot read (corrupt, truncated, not a database) is moved
- * aside and a new one started, which recovery then fills from the blob folder.
+ * Opens the index. A file SQLite finds corrupt (not a database, a damaged page, a quick_check
+ * that is not `ok`) is moved aside and a new one started, which recovery then fills from the
+ * blob folder; with `rebuild: false` that is reported instead. Any other failure (the lock
+ * held past the busy timeout, no permission, a folder that cannot be opened) is not
+ * corruption: it is thrown, and the index is left exactly as it is.
  */
-export async function openIndex(dataDir: string, logger: Logger): Promise<IndexDb> {
+export async function openIndex(
+  dataDir: string,
+  logger: Logger,
+  options: OpenIndexOptions = { rebuild: true },
+): Promise<IndexDb> {
   const file = join(dataDir, INDEX_FILE);
+  let problem: string;
+  let index: IndexDb | undefined;
   try {
-    const index = new IndexDb(file);
-    index.db.pragma('quick_check');
-    return index;
+    index = new IndexDb(file);
+    const problems = index.quickCheck();
+    if (problems.length === 0) return index;
+    problem = problems.slice(0, 3).join('; ');
+    index.close();
   } catch (err) {
-    const aside = `${file}.corrupt-${Date.now()}`;
-    logger.warn({ err: (err as Error).message, file: aside }, 'index unreadable, rebuilding it');
-    await rename(file, aside).catch(() => undefined);
-    await rm(`${file}-wal`, { force: true });
-    await rm(`${file}-shm`, { force: true });
-    return new IndexDb(file);
+    index?.close();
+    if (!isCorruption(err)) throw cannotOpen(file, err);
+    problem = (err as Error).message;
   }
+
+  if (!options.rebuild) {
+    throw new WharfError('WHARF_STORE_CORRUPT', `the index ${file} is unreadable: ${problem}`, {
+      hint: 'restart `wharf serve` on this data folder: it rebuilds the index from the blobs',
+      detail: { file },
+    });
+  }
+  const aside = `${file}.corrupt-${Date.now()}`;
+  logger.warn({ err: problem, file: aside }, 'index corrupt, rebuilding it');
+  await rename(file, aside);
+  // The log belongs to the corrupt file: replayed into a new one, it would corrupt that too.
+  await rename(`${file}-wal`, `${aside}-wal`).catch(() => undefined);
+  await rm(`${file}-shm`, { force: true });
+  return new IndexDb(file);
+}
+
+/** SQLite's own verdicts on a damaged file; anything else says nothing about the file. */
+function isCorruption(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return (
+    typeof code === 'string' && (code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT'))
+  );
+}
+
+function cannotOpen(file: string, err: unknown): WharfError {
+  const code = String((err as { code?: unknown }).code ?? '');
+  const why = `${(err as Error).message}${code ? ` (${code})` : ''}`;
+  let hint = 'check the data folder and its disk; the index was left as it is';
+  if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
+    hint = 'another process holds the index locked; try again, or look for a stuck wharf process';
+  } else if (/^SQLITE_(CANTOPEN|PERM|READONLY|AUTH)/.test(code)) {
+    hint = `check that ${file} and its folder are readable and writable by this user`;
+  }
+  return new WharfError('WHARF_STATE_UNWRITABLE', `cannot open the index ${file}: ${why}`, {
+    cause: err,
+    hint,
+    detail: { file, sqlite: code || undefined },
+  });
 }
 
 /** Hashes a stored file; true when it matches the digest it is stored under. */
