@@ -408,6 +408,8 @@ describe('crash safety and recovery', () => {
       mirror = await startTestMirror({ upstreams: [`origin=${origin.url}`], data });
       assert.equal(mirror.mirror.index.totalSize(), stored, damage);
       assert.deepEqual(mirror.mirror.index.quickCheck(), [], damage);
+      // The manifest came back with what it refers to: it is no orphan for eviction to drop.
+      assert.deepEqual(mirror.mirror.index.orphanManifests(), [], damage);
       if (damage !== 'remove') {
         assert.ok((await readdir(data)).some((f) => f.startsWith('index.db.corrupt-')), damage);
       }

@@ -237,6 +237,13 @@ export class IndexDb {
     })();
   }
 
+  /** Records what a manifest refers to; recovery does, for manifests it takes back. */
+  addRefs(parent: string, children: string[]): void {
+    this.db.transaction(() => {
+      for (const child of children) this.stmts.addRef.run(parent, child);
+    })();
+  }
+
   getTag(upstream: string, repo: string, tag: string): TagRow | undefined {
     return this.stmts.getTag.get(upstream, repo, tag);
   }

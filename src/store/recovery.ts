@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { hasher, parseDigest } from '../oci/digest.js';
-import { parseManifest } from '../oci/manifest.js';
+import { children, parseManifest, type ParsedManifest } from '../oci/manifest.js';
 import { MAX_MANIFEST_BYTES } from '../upstream/client.js';
 import type { BlobStore } from './blob-store.js';
 import { IndexDb } from './index-db.js';
@@ -149,7 +149,13 @@ export async function recover(
       continue;
     }
     const { size } = await stat(path);
-    index.putBlob(digest, size, await manifestType(path, size));
+    const manifest = await readManifest(path, size);
+    index.db.transaction(() => {
+      index.putBlob(digest, size, manifest?.mediaType ?? null);
+      // Without its references a recovered manifest would look like an orphan, and the next
+      // eviction would drop it with its layers still stored.
+      if (manifest) index.addRefs(digest, children(manifest).map((d) => d.digest));
+    })();
     report.filesAdded++;
   }
 
@@ -166,13 +172,13 @@ export async function recover(
 }
 
 /** A recovered file that is a manifest or index is recorded as one, so it is served as one. */
-async function manifestType(path: string, size: number): Promise<string | null> {
-  if (size > MAX_MANIFEST_BYTES) return null;
+async function readManifest(path: string, size: number): Promise<ParsedManifest | undefined> {
+  if (size > MAX_MANIFEST_BYTES) return undefined;
   const body = await readFile(path);
-  if (body[0] !== 0x7b) return null; // not '{': a layer, not JSON
+  if (body[0] !== 0x7b) return undefined; // not '{': a layer, not JSON
   try {
-    return parseManifest(body).mediaType;
+    return parseManifest(body);
   } catch {
-    return null;
+    return undefined;
   }
 }
