@@ -10,7 +10,7 @@ import { buildImage, type BuiltImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
-import { get, startTestMirror } from './support/mirror.js';
+import { get, metric, startTestMirror } from './support/mirror.js';
 import type { RunningMirror } from '../src/mirror/server.js';
 
 const execFileP = promisify(execFile);
@@ -42,7 +42,12 @@ describe('wharf cache commands on a running mirror', () => {
       images.push(image);
     }
     data = join(await makeTempDir('data'), 'store');
-    mirror = await startTestMirror({ upstreams: [`origin=${registry.url}`], data });
+    mirror = await startTestMirror({
+      upstreams: [`origin=${registry.url}`],
+      data,
+      // No disk check of its own during the tests: they decide when the mirror looks again.
+      tweak: (c) => (c.cache.diskCheckIntervalMs = 3_600_000),
+    });
     for (const [i, name] of ['alpha', 'beta'].entries()) {
       const base = `${mirror.url}/v2/origin/team/${name}`;
       await get(`${base}/manifests/v1`);
@@ -100,6 +105,13 @@ describe('wharf cache commands on a running mirror', () => {
     assert.equal(code, 0, stdout);
     assert.match(stdout, /evicted \d+ blobs/);
     assert.ok(mirror.mirror.index.totalSize() <= budget);
+  });
+
+  test("the mirror's byte count follows what gc removed from another process", async () => {
+    assert.ok(mirror.mirror.cache.size > mirror.mirror.index.totalSize());
+    await mirror.mirror.cache.gc();
+    assert.equal(mirror.mirror.cache.size, mirror.mirror.index.totalSize());
+    assert.equal(await metric(mirror.url, 'wharf_store_bytes'), mirror.mirror.index.totalSize());
   });
 
   test('commands report a corrupt index and leave it for `wharf serve` to rebuild', async () => {

@@ -98,6 +98,7 @@ export class CacheManager {
    */
   gc(extra = 0): Promise<EvictResult> {
     if (this.running) return this.running;
+    this.resync();
     const { maxSizeBytes, lowWater } = this.config;
     const overBudget = maxSizeBytes === undefined ? 0 : this.bytes - maxSizeBytes * lowWater;
     const bytes = Math.max(0, extra, overBudget > 0 && this.overBudget() ? overBudget : 0);
@@ -139,12 +140,24 @@ export class CacheManager {
 
   private async checkDisk(): Promise<void> {
     try {
+      this.resync();
       const free = await freeDisk(this.store.root);
       if (free < this.config.minFreeDiskBytes) await this.gc(this.config.minFreeDiskBytes - free);
       else if (this.overBudget()) await this.gc();
     } catch (err) {
       this.logger.warn({ err: (err as Error).message }, 'disk check failed');
     }
+  }
+
+  /**
+   * Takes the size from the index again. `wharf cache gc` and `verify` delete rows from
+   * another process, which this count never hears of: kept only by grow(), it would stay too
+   * high for ever and evict more than the budget asks.
+   */
+  private resync(): void {
+    if (!this.index.db.open) return;
+    this.bytes = this.index.totalSize();
+    this.metrics.storeBytes.set(this.bytes);
   }
 
   refreshMetrics(): void {
