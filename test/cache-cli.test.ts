@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,7 +12,12 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 import { get, metric, startTestMirror } from './support/mirror.js';
+import { verifyAll } from '../src/cli/cache.js';
+import { silentLogger } from '../src/log.js';
 import type { RunningMirror } from '../src/mirror/server.js';
+import { BlobStore } from '../src/store/blob-store.js';
+import { evict } from '../src/store/eviction.js';
+import { openIndex } from '../src/store/recovery.js';
 
 const execFileP = promisify(execFile);
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
@@ -112,6 +118,36 @@ describe('wharf cache commands on a running mirror', () => {
     await mirror.mirror.cache.gc();
     assert.equal(mirror.mirror.cache.size, mirror.mirror.index.totalSize());
     assert.equal(await metric(mirror.url, 'wharf_store_bytes'), mirror.mirror.index.totalSize());
+  });
+
+  test('verify passes over blobs the mirror evicts while it runs, corrupt ones included', async () => {
+    const alpha = images[0]!;
+    const base = `${mirror.url}/v2/origin/team/alpha`;
+    for (const b of [alpha.config, ...alpha.layers]) await get(`${base}/blobs/${b.digest}`);
+    const bad = alpha.layers[0]!;
+    await writeFile(mirror.mirror.store.path(bad.digest), Buffer.alloc(bad.size, 7));
+
+    // verify's snapshot of the rows, then the mirror evicts all but the corrupt layer...
+    const cli = await openIndex(data, silentLogger(), { rebuild: false });
+    const snapshot = cli.allBlobs();
+    assert.ok(snapshot.length > 1);
+    await evict(mirror.mirror.index, mirror.mirror.store, {
+      bytes: Number.MAX_SAFE_INTEGER,
+      isBusy: (d) => d === bad.digest,
+    });
+    cli.allBlobs = () => snapshot;
+    // ...and that one too, just after verify found it corrupt: rows first, then the file.
+    const deleteBlob = cli.deleteBlob.bind(cli);
+    cli.deleteBlob = (digest) => {
+      deleteBlob(digest);
+      rmSync(mirror.mirror.store.path(digest), { force: true });
+    };
+
+    const report = await verifyAll(cli, new BlobStore(data));
+    cli.close();
+    assert.deepEqual(report.missing, []);
+    assert.deepEqual(report.corrupt, []);
+    assert.equal(mirror.mirror.index.getBlob(bad.digest), undefined);
   });
 
   test('commands report a corrupt index and leave it for `wharf serve` to rebuild', async () => {

@@ -153,20 +153,39 @@ Examples:
 }
 
 
-async function verifyAll(index: IndexDb, store: BlobStore) {
-  const report = { checked: 0, corrupt: [] as { digest: string; movedTo: string }[], missing: [] as string[] };
+export interface VerifyReport {
+  checked: number;
+  corrupt: { digest: string; movedTo: string }[];
+  missing: string[];
+}
+
+/**
+ * Rehashes every blob of the index. It works from a snapshot of the rows while a running
+ * mirror may evict: the mirror deletes a row before its file, so a file gone whose row is
+ * gone too was evicted, not lost, and is neither reported nor quarantined.
+ */
+export async function verifyAll(index: IndexDb, store: BlobStore): Promise<VerifyReport> {
+  const report: VerifyReport = { checked: 0, corrupt: [], missing: [] };
   for (const row of index.allBlobs()) {
-    report.checked++;
     const size = await store.size(row.digest);
     if (size === undefined) {
+      if (!index.getBlob(row.digest)) continue;
+      report.checked++;
       index.deleteBlob(row.digest);
       report.missing.push(row.digest);
       continue;
     }
-    if (size === row.size && (await verifyFile(store.path(row.digest), row.digest))) continue;
+    if (size === row.size && (await verifyFile(store.path(row.digest), row.digest))) {
+      report.checked++;
+      continue;
+    }
+    // A file evicted while it was hashed reads short or not at all: not corruption.
+    if (!index.getBlob(row.digest)) continue;
+    report.checked++;
     // Out of the index first, so a running mirror stops serving it, then out of the store.
     index.deleteBlob(row.digest);
-    report.corrupt.push({ digest: row.digest, movedTo: await quarantine(store, row.digest) });
+    const movedTo = await quarantine(store, row.digest);
+    if (movedTo !== undefined) report.corrupt.push({ digest: row.digest, movedTo });
   }
   return report;
 }

@@ -97,12 +97,20 @@ export async function verifyFile(path: string, digest: string): Promise<boolean>
   return `${parseDigest(digest).algorithm}:${hash.digest('hex')}` === digest;
 }
 
-/** Moves a corrupt blob out of the store, keeping it for inspection. */
-export async function quarantine(store: BlobStore, digest: string): Promise<string> {
+/**
+ * Moves a corrupt blob out of the store, keeping it for inspection. Undefined when the file
+ * is gone already: a running mirror may evict it between the check and the move.
+ */
+export async function quarantine(store: BlobStore, digest: string): Promise<string | undefined> {
   const dir = join(store.root, 'quarantine');
   await mkdir(dir, { recursive: true });
   const target = join(dir, `${digest.replace(':', '-')}-${Date.now()}`);
-  await rename(store.path(digest), target);
+  try {
+    await rename(store.path(digest), target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
   return target;
 }
 
@@ -143,7 +151,7 @@ export async function recover(
     if (rows.has(digest)) continue;
     const path = store.path(digest);
     if (!(await verifyFile(path, digest))) {
-      await quarantine(store, digest);
+      if ((await quarantine(store, digest)) === undefined) continue;
       report.filesQuarantined++;
       logger.warn({ digest }, 'quarantined a blob that does not match its digest');
       continue;
