@@ -29,13 +29,17 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
   });
   after(cleanupAll);
 
-  async function ensure(image: string, flags: EnsureFlags): Promise<Outcome> {
+  async function ensure(
+    image: string,
+    flags: EnsureFlags,
+    extraEnv: Record<string, string> = {},
+  ): Promise<Outcome> {
     const stdout = new PassThrough();
     const stderr = new PassThrough();
     const chunks = { out: '', err: '' };
     stdout.on('data', (c: Buffer) => (chunks.out += c.toString()));
     stderr.on('data', (c: Buffer) => (chunks.err += c.toString()));
-    const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig };
+    const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig, ...extraEnv };
     const code = await runEnsure(image, { json: true, ...flags }, { stdout, stderr, env });
     const json = chunks.out && flags.json !== false
       ? (JSON.parse(chunks.out) as Record<string, unknown>)
@@ -130,18 +134,18 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     faulty.cutBlob(layer, 100_000);
     const name = `${origin.host}/ci/mirror-pull-fails:v1`;
 
-    const out = await ensure(name, { mirror: mirror.url });
+    const out = await ensure(name, { mirror: mirror.url }, { WHARF_LOG_LEVEL: 'warn' });
 
     assert.equal(out.code, 0, out.stdout + out.stderr);
     assert.equal(out.json.source, 'origin');
     assert.equal(out.json.digest, image.digest);
     assert.ok((await localDigests(name)).includes(image.digest));
     assert.ok(faulty.count('GET', /\/manifests\/v1$/) >= 1, 'the mirror resolved the tag');
-    const layerGets = faulty.count('GET', new RegExp(`/blobs/${layer}`));
-    // Each engine attempt costs the mirror up to two upstream fetches; the engine's own five
-    // attempts would show ten.
-    assert.ok(layerGets >= 1, 'the engine pulled the layer through the mirror first');
-    assert.ok(layerGets <= 4, `the mirror got one retry, not the engine's five (${layerGets})`);
+    assert.ok(faulty.count('GET', new RegExp(`/blobs/${layer}`)) >= 1,
+      'the engine pulled the layer through the mirror first');
+    // ensure gave the mirror up after one retry of the engine's, rather than waiting out all
+    // five attempts with their growing delays.
+    assert.match(out.stderr, /broke off layer downloads 2 times/);
   });
 
   test('when the origin is down the mirror serves what it holds', async () => {
