@@ -6,9 +6,9 @@ import { WharfError, isWharfError, toWharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
 import type { BlobWriter } from '../store/blob-store.js';
 import type { BlobResponse } from '../upstream/client.js';
+import { blobBuffers } from '../util/buffer-pool.js';
 import { drained } from '../util/drained.js';
 
-const READ_CHUNK = 256 * 1024;
 /** Bytes a pass-through fetch keeps in memory ahead of its slowest client. */
 export const PASS_THROUGH_WINDOW = 16 * 1024 * 1024;
 
@@ -251,21 +251,23 @@ export class BlobFetch extends EventEmitter {
         const available = Math.min(this.readable, this.state === 'done' ? stop : stop - 1);
         if (reader.pos < available) {
           let buf: Buffer;
+          let pooled: Buffer | undefined;
           if (reader.pos < this.fileBytes) {
             // Each client reads through its own handle: positional reads need no coordination,
             // and a handle opened on the temp file stays valid when it is renamed into place.
             fd ??= await this.openForRead();
-            const length = Math.min(READ_CHUNK, available - reader.pos, this.fileBytes - reader.pos);
-            const chunk = Buffer.allocUnsafe(length);
-            const { bytesRead } = await fd.read(chunk, 0, length, reader.pos);
-            buf = chunk.subarray(0, bytesRead);
+            pooled = blobBuffers.take();
+            const length = Math.min(pooled.length, available - reader.pos, this.fileBytes - reader.pos);
+            const { bytesRead } = await fd.read(pooled, 0, length, reader.pos);
+            buf = pooled.subarray(0, bytesRead);
           } else {
             buf = this.fromMemory(reader.pos, available);
           }
           reader.pos += buf.length;
           sent += buf.length;
           if (this.writer === undefined) this.trim();
-          if (!out.write(buf)) await drained(out);
+          const release = pooled && (() => blobBuffers.give(pooled));
+          if (!out.write(buf, release)) await drained(out);
           continue;
         }
         if (this.state === 'done' && reader.pos >= this.written) return sent;

@@ -1,6 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { pipeline } from 'node:stream/promises';
 import { WharfError, toWharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { MirrorConfig, UpstreamConfig } from './config.js';
@@ -10,6 +9,7 @@ import { Router, type Route } from './routing.js';
 import { isValidTag } from '../oci/reference.js';
 import type { TagQuery } from '../upstream/client.js';
 import { parseRange } from './range.js';
+import { sendFile } from './send-file.js';
 import { Pinner } from './pinner.js';
 
 export interface RunningMirror {
@@ -268,18 +268,13 @@ async function sendBlob(
   res.writeHead(range ? 206 : 200, headers);
 
   if (source.kind === 'store') {
-    const stream = ctx.mirror.store.read(source.digest, range && { start: range.start, end: range.end - 1 });
     let sent = 0;
-    stream.on('data', (chunk: string | Buffer) => {
-      sent += chunk.length;
-    });
     try {
-      await pipeline(stream, res);
+      const path = ctx.mirror.store.path(source.digest);
+      sent = await sendFile(res, path, range?.start ?? 0, range?.end ?? source.size);
+      res.end();
     } catch (err) {
-      // A client that goes away mid-blob is routine (a cancelled pull), not a server error.
-      if (!res.destroyed || (err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') {
-        ctx.logger.warn({ digest: source.digest, err: (err as Error).message }, 'blob response failed');
-      }
+      ctx.logger.warn({ digest: source.digest, err: (err as Error).message }, 'blob response failed');
       res.destroy();
     } finally {
       ctx.metrics.servedBytes.inc({ source: 'store' }, sent);

@@ -1,11 +1,9 @@
-import { createReadStream, createWriteStream, type ReadStream, type WriteStream } from 'node:fs';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes, type Hash } from 'node:crypto';
 import { WharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
-
-const READ_CHUNK = 1024 * 1024;
 
 /**
  * Content-addressed blobs on disk: `blobs/<alg>/<2 hex>/<hex>`. A blob is written to `tmp/`,
@@ -38,11 +36,6 @@ export class BlobStore {
     } catch {
       return undefined;
     }
-  }
-
-  /** Large reads: fewer round trips through the thread pool per blob served. */
-  read(digest: string, range?: { start: number; end: number }): ReadStream {
-    return createReadStream(this.path(digest), { ...range, highWaterMark: READ_CHUNK });
   }
 
   async remove(digest: string): Promise<void> {
