@@ -148,14 +148,17 @@ describe('wharf warm keeps the listed images on the engine', () => {
       await pushLayout(origin.url, 'warm/watch', 'edge', v2.dir);
       const pushed = Date.now();
 
-      await waitUntil(async () => (await digestsOf(name)).includes(v2.digest), {
-        what: 'the moved tag on the engine',
+      // The engine holds the new digest a moment before the cycle that pulled it reports.
+      await waitUntil(() => reports(run).some((r) => r.trigger === 'watch'), {
+        what: 'a cycle started by the watch',
         timeoutMs: 15_000,
         intervalMs: 100,
       });
 
+      assert.ok((await digestsOf(name)).includes(v2.digest), 'the moved tag is on the engine');
       const cycle = reports(run).at(-1)!;
       assert.equal(cycle.trigger, 'watch');
+      assert.deepEqual(cycle.rows.map((r) => r.action), ['pulled']);
       assert.ok(Date.now() - pushed < 1000 + cycle.seconds * 1000 + 2000);
       assert.ok(run.events().some((e) => e.event === 'tag-moved'));
     } finally {
