@@ -65,12 +65,14 @@ describe('the mirror under faults and bad input', () => {
     const layer = image.layers[0]!;
     origin.cutBlob(layer.digest, 300_000, { times: 1 });
     await assert.rejects(download(`${base}/blobs/${layer.digest}`));
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
     assert.deepEqual(await readdir(join(data, 'tmp')), []);
 
     const again = await download(`${base}/blobs/${layer.digest}`);
     assert.equal(again.status, 200);
     assert.equal(sha256(again.body), layer.digest);
+    await mirror.mirror.settled();
     assert.ok(mirror.mirror.index.getBlob(layer.digest));
   });
 
@@ -78,6 +80,7 @@ describe('the mirror under faults and bad input', () => {
     const layer = image.layers[1]!;
     origin.corruptBlob(layer.digest, { times: 1 });
     await assert.rejects(download(`${base}/blobs/${layer.digest}`));
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
     assert.ok(
       (await metric(mirror.url, 'wharf_fetch_failures_total', { reason: 'WHARF_UPSTREAM_DIGEST_MISMATCH' })) >= 1,

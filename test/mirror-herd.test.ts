@@ -111,6 +111,7 @@ describe('a herd of clients on a cold image', () => {
     }
     assert.ok(bad.count('GET', new RegExp(`/blobs/${layer.digest}$`)) < CLIENTS,
       'clients shared fetches');
+    await m.mirror.settled();
     assert.equal(m.mirror.index.getBlob(layer.digest), undefined);
 
     bad.clearFaults();

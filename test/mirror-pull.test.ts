@@ -186,6 +186,7 @@ describe('the mirror serves the pull API from its upstreams', () => {
     const base = `${m.url}/v2/${origin.host.replace(':', '_')}/ci/app/blobs`;
     const layer = image.layers[0]!;
     assert.equal((await get(`${base}/${layer.digest}`)).status, 200);
+    await m.mirror.settled();
     assert.equal((await get(`${base}/${layer.digest}`)).status, 200);
     const upstream = origin.host.replace(':', '_');
     assert.equal(await metric(m.url, 'wharf_upstream_fetched_bytes_total', { upstream }), layer.size);

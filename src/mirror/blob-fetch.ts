@@ -2,7 +2,7 @@ import { EventEmitter, once } from 'node:events';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Hash } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { WharfError, isWharfError, toWharfError } from '../errors.js';
+import { WharfError, toWharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
 import type { BlobWriter } from '../store/blob-store.js';
 import type { BlobResponse } from '../upstream/client.js';
@@ -115,11 +115,14 @@ export class BlobFetch extends EventEmitter {
           { hint: 'the upstream connection broke; the next request fetches the blob again' },
         );
       }
-      let stored = false;
-      if (this.writer) stored = await this.commit(this.writer);
+      if (this.writer) await this.writer.verify(this.size);
       else this.verifyPassThrough();
+      // Verified: the clients get their last byte now rather than after the fsync and rename.
+      // A herd's next blob request waits on that last byte, and flushing a large blob to disk
+      // takes long enough to leave the link to the origin idle meanwhile.
       this.state = 'done';
       this.emit('progress');
+      const stored = this.writer ? await this.install(this.writer) : false;
       return { bytes: this.written, stored };
     } catch (err) {
       this.upstream.body.destroy();
@@ -148,16 +151,16 @@ export class BlobFetch extends EventEmitter {
   }
 
   /**
-   * Renames the verified blob into the store. A filesystem error now must not cost the
-   * clients anything: every byte is verified and in the temp file, so the fetch ends done but
-   * unstored, and the temp file goes once its readers finish (as for a pass-through fetch).
+   * Flushes the verified blob and renames it into the store. A filesystem error now must not
+   * cost the clients anything: every byte is verified and in the temp file, so the fetch stays
+   * done but unstored, and the temp file goes once its readers finish (as for a pass-through
+   * fetch).
    */
-  private async commit(writer: BlobWriter): Promise<boolean> {
+  private async install(writer: BlobWriter): Promise<boolean> {
     try {
-      await writer.commit(this.size);
+      await writer.install();
       return true;
     } catch (err) {
-      if (isWharfError(err, 'WHARF_UPSTREAM_DIGEST_MISMATCH')) throw err;
       this.writer = undefined;
       this.memoryStart = this.fileBytes;
       this.discardTemp = () => writer.abort();

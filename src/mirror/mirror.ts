@@ -96,6 +96,15 @@ export class Mirror {
     return this.fetches.size;
   }
 
+  /**
+   * Resolves once every fetch now in flight has been stored or discarded. Clients get a
+   * blob's last byte as soon as it is verified, a moment before it is in the store.
+   */
+  async settled(): Promise<void> {
+    const flights = [...this.fetches.values()];
+    await Promise.all(flights.map((f) => f.started.then((s) => s.finished, () => false)));
+  }
+
   private client(upstream: UpstreamConfig): RegistryClient {
     return this.clients.get(upstream.name)!;
   }

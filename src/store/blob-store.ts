@@ -102,16 +102,21 @@ export class BlobWriter {
   }
 
   /**
-   * Checks the digest, then flushes the file to disk and renames it into the store.
-   *
-   * The two ways this fails are told apart by code. A mismatch removes the temp file and
-   * throws WHARF_UPSTREAM_DIGEST_MISMATCH: nothing unverified is kept. A filesystem failure
-   * after the digest matched (a full disk at close, fsync, mkdir or rename) throws
-   * WHARF_STORE_FULL (ENOSPC, EDQUOT) or WHARF_STATE_UNWRITABLE (anything else) and leaves the
-   * temp file in place: its bytes are verified and may still be read, so the caller decides
-   * when abort() removes it.
+   * Checks the digest, then flushes the file to disk and renames it into the store: verify()
+   * then install(), for callers with nothing to do in between.
    */
   async commit(expectedSize?: number): Promise<void> {
+    await this.verify(expectedSize);
+    await this.install();
+  }
+
+  /**
+   * Checks that every byte given to write() hashes to the digest (and adds up to
+   * `expectedSize`). A mismatch removes the temp file and throws
+   * WHARF_UPSTREAM_DIGEST_MISMATCH: nothing unverified is kept. Once this resolves, the temp
+   * file holds verified bytes that readers may finish, whatever install() meets.
+   */
+  async verify(expectedSize?: number): Promise<void> {
     // The hash saw every byte given to write(), whatever reached the disk: check it first, so
     // a disk error can never pass for a wrong upstream or the other way round.
     const actual = `${parseDigest(this.digest).algorithm}:${this.hash.digest('hex')}`;
@@ -126,15 +131,24 @@ export class BlobWriter {
         },
       );
     }
+  }
+
+  /**
+   * Flushes the verified file to disk and renames it into the store. A filesystem failure (a
+   * full disk at close, fsync, mkdir or rename) throws WHARF_STORE_FULL (ENOSPC, EDQUOT) or
+   * WHARF_STATE_UNWRITABLE (anything else) and leaves the temp file in place: its bytes are
+   * verified and may still be read, so the caller decides when abort() removes it.
+   */
+  async install(): Promise<void> {
     try {
       await this.close();
-      await this.install();
+      await this.syncAndRename();
     } catch (err) {
       throw storeFailure(this.digest, this.store.root, err);
     }
   }
 
-  private async install(): Promise<void> {
+  private async syncAndRename(): Promise<void> {
     const fd = await open(this.tempPath, 'r');
     try {
       await fd.sync();
