@@ -17,9 +17,10 @@ import { buildImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { makeEnginePki, type EnginePki } from './helpers/tls.js';
-import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
+import { cleanupAll, freePort, makeTempDir, registerCleanup } from './helpers/tmp.js';
 import { runEnsure } from '../src/cli/ensure.js';
 import { PassThrough } from 'node:stream';
+import { createServer } from 'node:http';
 
 describe('the engine client speaks the Docker Engine API', () => {
   let dockerd: Dockerd;
@@ -323,5 +324,57 @@ describe('an engine behind TLS is reached the way the docker CLI reaches it', ()
     const plain = new DockerEngine(engineAddressFrom(`tcp://127.0.0.1:${port}`, {}));
     await assert.rejects(plain.info());
     await plain.close();
+  });
+});
+
+describe('API version negotiation with engines newer than wharf', () => {
+  after(cleanupAll);
+
+  /**
+   * An engine that answers as Docker 29 does: API 1.52 offered, nothing older than `minimum`
+   * accepted. Debian's dockerd is older than wharf's newest API, so it cannot show this.
+   */
+  async function newerEngine(minimum: string) {
+    const dir = await makeTempDir('engine-newer');
+    const socketPath = join(dir, 'docker.sock');
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.url ?? '');
+      res.setHeader('api-version', '1.52');
+      if (req.url === '/_ping') return res.end('OK');
+      if (req.url === '/version') {
+        res.setHeader('content-type', 'application/json');
+        return res.end(JSON.stringify({ Os: 'linux', Arch: 'amd64', Version: '29.1.0',
+          ApiVersion: '1.52', MinAPIVersion: minimum }));
+      }
+      const version = /^\/v(\d+\.\d+)\//.exec(req.url ?? '')?.[1] ?? '0.0';
+      if (compareApiVersions(version, minimum) < 0) {
+        res.statusCode = 400;
+        return res.end(JSON.stringify({ message: `client version ${version} is too old. `
+          + `Minimum supported API version is ${minimum}` }));
+      }
+      res.statusCode = 404;
+      res.end(JSON.stringify({ message: 'No such image' }));
+    });
+    await new Promise<void>((r) => server.listen(socketPath, r));
+    registerCleanup(() => new Promise((r) => server.close(r)));
+    const engine = new DockerEngine(parseEngineAddress(`unix://${socketPath}`));
+    registerCleanup(() => engine.close());
+    return { engine, seen };
+  }
+
+  test('an engine that refuses wharf\'s newest API is spoken to in its oldest one', async () => {
+    const { engine, seen } = await newerEngine('1.44');
+
+    assert.equal(await engine.negotiate(), '1.44');
+    assert.equal(await engine.inspectImage('absent:1'), null);
+    assert.ok(seen.includes('/v1.44/images/absent:1/json'), seen.join(' '));
+  });
+
+  test('an engine that still accepts wharf\'s newest API is spoken to in that one', async () => {
+    const { engine } = await newerEngine('1.24');
+
+    assert.equal(await engine.negotiate(), MAX_API_VERSION);
+    assert.equal(await engine.inspectImage('absent:1'), null);
   });
 });

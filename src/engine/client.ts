@@ -15,7 +15,10 @@ import type {
   PullResult,
 } from './types.js';
 
-/** The newest API wharf was written against; newer engines are asked to speak this one. */
+/**
+ * The newest API wharf was written against; newer engines are asked to speak this one, unless
+ * they no longer accept it (Docker 29 refuses anything below 1.44): then their oldest.
+ */
 export const MAX_API_VERSION = '1.43';
 /** The oldest that has what wharf uses (the `platform` parameter of a pull came in 1.32). */
 export const MIN_API_VERSION = '1.32';
@@ -71,13 +74,15 @@ export class DockerEngine implements Engine {
   }
 
   /**
-   * The API version to speak: the engine's own, capped at what wharf knows. Asked once, with
-   * the unversioned `/_ping` that every engine answers.
+   * The API version to speak: the engine's own, capped at what wharf knows, but never below
+   * the oldest the engine accepts. Asked once, with the unversioned `/_ping` that every engine
+   * answers; an engine newer than wharf is also asked its minimum (unversioned `/version`).
    */
   negotiate(): Promise<string> {
     this.apiVersion ??= (async () => {
       const res = await this.send('GET', '/_ping', { versioned: false });
       await res.body.dump();
+      await this.check(res, 'GET /_ping');
       const header = res.headers['api-version'];
       const offered = (Array.isArray(header) ? header[0] : header) ?? MIN_API_VERSION;
       if (compareApiVersions(offered, MIN_API_VERSION) < 0) {
@@ -87,12 +92,24 @@ export class DockerEngine implements Engine {
           { hint: 'upgrade the container engine (Docker 17.09 or newer)' },
         );
       }
-      const chosen = compareApiVersions(offered, MAX_API_VERSION) > 0 ? MAX_API_VERSION : offered;
+      let chosen = offered;
+      if (compareApiVersions(offered, MAX_API_VERSION) > 0) {
+        const minimum = await this.minimumApiVersion();
+        chosen = compareApiVersions(minimum, MAX_API_VERSION) > 0 ? minimum : MAX_API_VERSION;
+      }
       this.logger.debug({ engine: this.address, api: chosen }, 'engine api negotiated');
       return chosen;
     })();
     this.apiVersion.catch(() => (this.apiVersion = undefined));
     return this.apiVersion;
+  }
+
+  /** The oldest API the engine accepts; engines that do not say are taken to accept any. */
+  private async minimumApiVersion(): Promise<string> {
+    const res = await this.send('GET', '/version', { versioned: false });
+    await this.check(res, 'GET /version');
+    const body = (await res.body.json()) as Partial<EngineVersion>;
+    return body.MinAPIVersion ?? MIN_API_VERSION;
   }
 
   async info(): Promise<EngineInfo> {

@@ -45,6 +45,8 @@ export interface EngineVersion {
   Arch: string;
   Version: string;
   ApiVersion: string;
+  /** The oldest API version the engine accepts (API 1.25 and later say). */
+  MinAPIVersion?: string;
 }
 
 /** One layer's state as the pull stream last told it. */
