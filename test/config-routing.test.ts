@@ -120,6 +120,73 @@ describe('routing', () => {
       (err: unknown) => isWharfError(err, 'WHARF_UPSTREAM_UNKNOWN'));
   });
 
+  test('Docker Hub under another name is the default upstream when none is marked', () => {
+    const urls = ['https://registry-1.docker.io', 'https://index.docker.io', 'https://docker.io'];
+    for (const url of urls) {
+      const hub = new Router([
+        { name: 'registry.example.io', url: 'https://registry.example.io', default: false },
+        { name: 'hub', url, default: false },
+      ]);
+      const r = hub.resolve('/v2/alpine/manifests/3.20', null);
+      assert.equal(r.kind === 'manifest' && r.upstream.name, 'hub', url);
+      assert.equal(r.kind === 'manifest' && r.repo, 'library/alpine', url);
+    }
+  });
+
+  test('an upstream marked default wins over Docker Hub', () => {
+    const marked = new Router([
+      { name: 'hub', url: 'https://registry-1.docker.io', default: false },
+      { name: 'corp', url: 'https://r.corp.example', default: true },
+    ]);
+    const r = marked.resolve('/v2/ci/build/manifests/v1', null);
+    assert.equal(r.kind === 'manifest' && r.upstream.name, 'corp');
+  });
+
+  test('?ns= with any Docker Hub host reaches the Docker Hub upstream whatever its name', () => {
+    const hub = new Router([
+      { name: 'registry.example.io', url: 'https://registry.example.io', default: true },
+      { name: 'hub', url: 'https://registry-1.docker.io', default: false },
+    ]);
+    for (const ns of ['docker.io', 'registry-1.docker.io', 'index.docker.io', 'docker.io:443']) {
+      const r = hub.resolve('/v2/alpine/manifests/3.20', ns);
+      assert.equal(r.kind === 'manifest' && r.upstream.name, 'hub', ns);
+      assert.equal(r.kind === 'manifest' && r.repo, 'library/alpine', ns);
+    }
+  });
+
+  test('?ns= with Docker Hub\'s hosts is NAME_UNKNOWN when Docker Hub is not an upstream', () => {
+    const noHub = new Router([
+      { name: 'registry.example.io', url: 'https://registry.example.io', default: true },
+    ]);
+    for (const ns of ['docker.io', 'registry-1.docker.io', 'index.docker.io']) {
+      assert.throws(() => noHub.resolve('/v2/alpine/manifests/3.20', ns),
+        (err: unknown) => isWharfError(err, 'WHARF_UPSTREAM_UNKNOWN'), ns);
+    }
+  });
+
+  test('?ns= with its scheme\'s default port picks an upstream whose URL omits it', () => {
+    const ports = new Router([
+      { name: 'secure', url: 'https://registry.example.io', default: false },
+      { name: 'plain', url: 'http://plain.example.io', default: false },
+    ]);
+    const https = ports.resolve('/v2/ci/build/manifests/v1', 'registry.example.io:443');
+    assert.equal(https.kind === 'manifest' && https.upstream.name, 'secure');
+    const http = ports.resolve('/v2/ci/build/manifests/v1', 'plain.example.io:80');
+    assert.equal(http.kind === 'manifest' && http.upstream.name, 'plain');
+    const wrong = ['registry.example.io:80', 'plain.example.io:443', 'registry.example.io:5000'];
+    for (const ns of wrong) {
+      assert.throws(() => ports.resolve('/v2/ci/build/manifests/v1', ns),
+        (err: unknown) => isWharfError(err, 'WHARF_UPSTREAM_UNKNOWN'), ns);
+    }
+  });
+
+  test('pins of Docker Hub images reach the Docker Hub upstream whatever its name', () => {
+    const hub = new Router([{ name: 'hub', url: 'https://registry-1.docker.io', default: false }]);
+    const pin = hub.forImage('alpine:3.20');
+    assert.equal(pin.upstream.name, 'hub');
+    assert.equal(pin.repo, 'library/alpine');
+  });
+
   test('pins name images by registry host or by upstream name', () => {
     assert.equal(router.forImage('registry.example.io/ci/build:v1').upstream.name, 'registry.example.io');
     assert.equal(router.forImage('127.0.0.1_5001/ci/build:v1').repo, 'ci/build');

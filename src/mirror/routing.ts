@@ -26,15 +26,25 @@ const UPLOAD = /^\/v2\/.+\/blobs\/uploads(?:\/.*)?$/;
 export class Router {
   private readonly byName = new Map<string, UpstreamConfig>();
   private readonly byHost = new Map<string, UpstreamConfig>();
+  /** The upstream that is Docker Hub, whatever its NAME: clients address it as docker.io. */
+  private readonly hub: UpstreamConfig | undefined;
   private readonly fallback: UpstreamConfig | undefined;
 
   constructor(upstreams: UpstreamConfig[]) {
     for (const u of upstreams) {
       this.byName.set(u.name, u);
-      const url = new URL(u.url);
-      this.byHost.set(url.host, u);
+      this.byHost.set(new URL(u.url).host, u);
     }
-    this.fallback = upstreams.find((u) => u.default) ?? this.byName.get('docker.io');
+    // URL.host drops a default port, but containerd may send it (`?ns=host:443`). An upstream
+    // whose URL names that port explicitly keeps the key.
+    for (const u of upstreams) {
+      const url = new URL(u.url);
+      if (url.port !== '') continue;
+      const key = `${url.host}:${url.protocol === 'https:' ? 443 : 80}`;
+      if (!this.byHost.has(key)) this.byHost.set(key, u);
+    }
+    this.hub = this.byName.get('docker.io') ?? upstreams.find(isHub);
+    this.fallback = upstreams.find((u) => u.default) ?? this.hub;
   }
 
   resolve(pathname: string, ns: string | null): Route {
@@ -68,10 +78,7 @@ export class Router {
     const ref = named
       ? { ...parseImageRef(`wharf.invalid/${image.slice(first.length + 1)}`), registry: first }
       : parseImageRef(image);
-    const upstream =
-      this.byName.get(ref.registry) ??
-      this.byHost.get(ref.registry) ??
-      nsAlias(ref.registry, this.byName);
+    const upstream = this.byRegistry(ref.registry);
     if (!upstream) {
       throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `registry ${ref.registry} of ${image} is not an upstream of this mirror`, {
         hint: 'add the registry to the upstreams, or name the image by an upstream NAME',
@@ -86,6 +93,17 @@ export class Router {
     return { upstream, repo, ref: manifestRef };
   }
 
+  /**
+   * The upstream a registry host names (`?ns=`, or an image's registry): by NAME, by URL host
+   * and port, else Docker Hub by any of its hosts. containerd sends Docker Hub as docker.io,
+   * older tools its API host.
+   */
+  private byRegistry(host: string): UpstreamConfig | undefined {
+    const named = this.byName.get(host) ?? this.byHost.get(host);
+    if (named) return named;
+    return HUB_HOSTS.has(host.replace(/:443$/, '')) ? this.hub : undefined;
+  }
+
   private pick(path: string, ns: string | null): { upstream: UpstreamConfig; repo: string } {
     const slash = path.indexOf('/');
     const first = slash > 0 ? path.slice(0, slash) : undefined;
@@ -93,7 +111,7 @@ export class Router {
     if (named) return { upstream: named, repo: path.slice(slash + 1) };
 
     if (ns !== null) {
-      const upstream = this.byName.get(ns) ?? this.byHost.get(ns) ?? nsAlias(ns, this.byName);
+      const upstream = this.byRegistry(ns);
       if (!upstream) {
         throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `registry ${JSON.stringify(ns)} is not an upstream of this mirror`, {
           hint: 'add it to the mirror\'s upstreams, or pull it from its registry directly',
@@ -110,15 +128,15 @@ export class Router {
   }
 }
 
-// containerd sends Docker Hub as ns=docker.io, but older tools use its API host.
-function nsAlias(ns: string, byName: Map<string, UpstreamConfig>): UpstreamConfig | undefined {
-  if (ns === 'registry-1.docker.io' || ns === 'index.docker.io') return byName.get('docker.io');
-  return undefined;
+/** The hosts Docker Hub is known by: its image-name host and its API hosts. */
+const HUB_HOSTS = new Set(['docker.io', 'registry-1.docker.io', 'index.docker.io']);
+
+function isHub(upstream: UpstreamConfig): boolean {
+  return upstream.name === 'docker.io' || HUB_HOSTS.has(new URL(upstream.url).host);
 }
 
 /** Docker Hub keeps official images under `library/`; clients may leave it out. */
 function normalise(upstream: UpstreamConfig, repo: string): string {
-  const hub = upstream.name === 'docker.io' || new URL(upstream.url).host === 'registry-1.docker.io';
-  if (hub && !repo.includes('/')) return `library/${repo}`;
+  if (isHub(upstream) && !repo.includes('/')) return `library/${repo}`;
   return repo;
 }
