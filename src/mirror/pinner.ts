@@ -56,9 +56,14 @@ export class Pinner {
     for (const pin of pins) this.index.addPin(pin.image, pin.platforms, 'config');
   }
 
-  start(intervalMs: number): void {
+  /**
+   * Refreshes now, then twice per `tagTtlMs`. A refresh asks the upstream only about tags
+   * confirmed more than `tagTtlMs` ago (the mirror's own rule); ticking at the TTL itself would
+   * find them confirmed a moment too recently and leave a moved tag unseen for a second TTL.
+   */
+  start(tagTtlMs: number): void {
     void this.refresh();
-    this.timer = setInterval(() => void this.refresh(), Math.max(intervalMs, 1000));
+    this.timer = setInterval(() => void this.refresh(), Math.max(tagTtlMs / 2, 1000));
     this.timer.unref();
   }
 
