@@ -5,6 +5,7 @@ import { mkdir, open, readdir, rm, stat, statfs, writeFile } from 'node:fs/promi
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { request } from 'undici';
 import { startFaultyOrigin, type FaultyOrigin } from './helpers/faulty-origin.js';
 import { buildImage, buildIndex, type BuiltImage } from './helpers/images.js';
@@ -96,7 +97,9 @@ describe('the store stays within its budget and keeps pinned images', () => {
     assert.ok((await metric(mirror.url, 'wharf_evictions_total')) > 10);
     assert.ok((await metric(mirror.url, 'wharf_pinned_bytes')) >= pinned.totalSize - 1000);
 
-    // Evicted images lose their manifests and tags too; nothing dangles.
+    // Evicted images lose their manifests and tags too, once the grace after their last use
+    // has passed (none here); nothing dangles.
+    await evict(mirror.mirror.index, mirror.mirror.store, { bytes: 0, orphanGraceMs: 0 });
     const evicted = images.slice(1).filter((img) => !mirror.mirror.index.getBlob(img.layers[0]!.digest));
     assert.ok(evicted.length > 0);
     for (const img of evicted) assert.equal(mirror.mirror.index.getBlob(img.digest), undefined);
@@ -135,12 +138,12 @@ describe('the store stays within its budget and keeps pinned images', () => {
     const age = index.db.prepare('UPDATE blobs SET last_access = 1 WHERE digest = ?');
     for (const b of amd64Blobs) age.run(b.digest);
     const bytes = amd64Blobs.reduce((sum, b) => sum + b.size, 0);
-    await evict(index, mirror.mirror.store, { bytes });
+    await evict(index, mirror.mirror.store, { bytes, orphanGraceMs: 0 });
     assert.equal(index.getBlob(amd64.digest), undefined);
     assert.ok(index.getBlob(arm64.digest), 'the arm64 manifest still has its content');
     assert.ok(index.getBlob(multi.digest), 'the index still has a platform with content');
 
-    await evict(index, mirror.mirror.store, { bytes: Number.MAX_SAFE_INTEGER });
+    await evict(index, mirror.mirror.store, { bytes: Number.MAX_SAFE_INTEGER, orphanGraceMs: 0 });
     for (const d of [multi.digest, arm64.digest]) assert.equal(index.getBlob(d), undefined, d);
     assert.deepEqual(index.tagsOf('origin', 'ci/multi'), []);
     assert.equal(index.totalSize(), 0);
@@ -298,6 +301,8 @@ describe('a full disk never fails a pull', () => {
 
     const bodies = await Promise.all([download(url), download(url)]);
     for (const body of bodies) assert.equal(sha256(body), layer.digest);
+    // Clients have the last byte before the commit is tried.
+    await mirror.mirror.settled();
     assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
     assert.equal(await metric(mirror.url, 'wharf_fetch_failures_total'), 0);
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
@@ -394,6 +399,7 @@ describe('crash safety and recovery', () => {
     const data = join(dir, 'data');
     let mirror: RunningMirror = await startTestMirror({ upstreams: [`origin=${origin.url}`], data });
     await pull(mirror.url, 'origin/ci/app', image);
+    await mirror.mirror.settled();
     const stored = mirror.mirror.index.totalSize();
     await mirror.close();
 
@@ -409,7 +415,7 @@ describe('crash safety and recovery', () => {
       assert.equal(mirror.mirror.index.totalSize(), stored, damage);
       assert.deepEqual(mirror.mirror.index.quickCheck(), [], damage);
       // The manifest came back with what it refers to: it is no orphan for eviction to drop.
-      assert.deepEqual(mirror.mirror.index.orphanManifests(), [], damage);
+      assert.deepEqual(mirror.mirror.index.orphanManifests(Date.now()), [], damage);
       if (damage !== 'remove') {
         assert.ok((await readdir(data)).some((f) => f.startsWith('index.db.corrupt-')), damage);
       }
@@ -438,5 +444,128 @@ describe('crash safety and recovery', () => {
     );
     assert.deepEqual(await readdir(data), ['index.db']);
     assert.ok((await stat(join(data, 'index.db'))).isDirectory());
+  });
+});
+
+describe('eviction and fetches running at the same time', () => {
+  after(cleanupAll);
+
+  /** An index and store of their own, with `n` layer blobs used in order 1, 2, ... n. */
+  async function storeWith(n: number) {
+    const dir = await makeTempDir('evict');
+    const index = new IndexDb(join(dir, 'index.db'));
+    registerCleanup(() => index.close());
+    const store = new BlobStore(dir);
+    const blobs: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const body = Buffer.from(`blob ${i}`);
+      const digest = sha256(body);
+      await mkdir(join(store.path(digest), '..'), { recursive: true });
+      await writeFile(store.path(digest), body);
+      index.putBlob(digest, body.length, null, i + 1);
+      blobs.push(digest);
+    }
+    return { index, store, blobs };
+  }
+
+  /** Runs `hook` once, at the first unlink eviction makes. */
+  function onFirstUnlink(store: BlobStore, hook: () => void): void {
+    const remove = store.remove.bind(store);
+    let done = false;
+    store.remove = async (digest) => {
+      if (!done) {
+        done = true;
+        hook();
+      }
+      return remove(digest);
+    };
+  }
+
+  const exists = (path: string) => stat(path).then(() => true, () => false);
+
+  test('a manifest stored a moment ago keeps its row and tag while its content is fetched', async () => {
+    const { index, store } = await storeWith(0);
+    const layer = sha256(Buffer.from('layer not fetched yet'));
+    const manifest = sha256(Buffer.from('manifest'));
+    index.putManifest(manifest, 8, 'application/vnd.oci.image.manifest.v1+json', 'o', 'r', [layer]);
+    index.putTag('o', 'r', 'v1', manifest);
+
+    await evict(index, store, { bytes: Number.MAX_SAFE_INTEGER });
+    assert.ok(index.getBlob(manifest), 'the manifest of a pull in progress was evicted');
+    assert.equal(index.getTag('o', 'r', 'v1')?.digest, manifest);
+
+    index.db.prepare('UPDATE blobs SET last_access = ?').run(Date.now() - 11 * 60_000);
+    await evict(index, store, { bytes: 0 });
+    assert.equal(index.getBlob(manifest), undefined);
+    assert.equal(index.getTag('o', 'r', 'v1'), undefined);
+  });
+
+  test('an index is kept while one of its platform manifests is in use, then goes with it', async () => {
+    const { index, store } = await storeWith(0);
+    const [layer, platform, top] = ['layer', 'platform', 'index'].map((s) => sha256(Buffer.from(s)));
+    const type = 'application/vnd.oci.image.manifest.v1+json';
+    index.putManifest(platform!, 8, type, 'o', 'r', [layer!]);
+    index.putManifest(top!, 8, 'application/vnd.oci.image.index.v1+json', 'o', 'r', [platform!]);
+    index.putTag('o', 'r', 'v1', top!);
+    index.db.prepare('UPDATE blobs SET last_access = 1 WHERE digest = ?').run(top);
+
+    await evict(index, store, { bytes: 0, orphanGraceMs: 60_000 });
+    assert.ok(index.getBlob(top!), 'the index went while its platform manifest was in use');
+    assert.ok(index.getBlob(platform!));
+
+    await evict(index, store, { bytes: 0, orphanGraceMs: 0 });
+    for (const d of [top!, platform!]) assert.equal(index.getBlob(d), undefined, d);
+    assert.deepEqual(index.tagsOf('o', 'r'), []);
+  });
+
+  test('a blob fetched again while eviction unlinks its old file keeps the new file', async () => {
+    const { index, store, blobs } = await storeWith(6);
+    const refetched = blobs[5]!;
+    const fetching = blobs[4]!;
+    // The first unlinks are awaited while a fetch commits one digest (new file, new row) and
+    // another fetch of a second digest is still writing.
+    onFirstUnlink(store, () => index.putBlob(refetched, 6, null));
+
+    // All six and no more: the new row is not evicted in its turn.
+    await evict(index, store, {
+      bytes: 6 * 6,
+      isBusy: (d) => d === fetching && index.getBlob(d) === undefined,
+    });
+    assert.ok(index.getBlob(refetched));
+    assert.ok(await exists(store.path(refetched)), 'the new row was left without its file');
+    assert.ok(await exists(store.path(fetching)), 'the file of a fetch in progress was unlinked');
+    assert.equal(await exists(store.path(blobs[0]!)), false);
+  });
+
+  test('a blob pinned while an eviction pass runs is not evicted', async () => {
+    const { index, store, blobs } = await storeWith(6);
+    const late = blobs[5]!;
+    onFirstUnlink(store, () => index.setPinnedBlobs('o/r:v1', [late]));
+
+    await evict(index, store, { bytes: Number.MAX_SAFE_INTEGER, batchSize: 2 });
+    assert.ok(index.getBlob(late), 'a blob pinned mid-pass was evicted');
+    assert.ok(await exists(store.path(late)));
+    assert.equal(index.getBlob(blobs[4]!), undefined);
+  });
+
+  test('uses that cannot be written while another process holds the lock are kept, not fatal', async () => {
+    const { index, blobs } = await storeWith(1);
+    const digest = blobs[0]!;
+    index.db.pragma('busy_timeout = 0');
+    const other = new Database(index.db.name);
+    registerCleanup(() => other.close());
+    other.exec('BEGIN IMMEDIATE');
+    const errors: Error[] = [];
+    index.onTouchFlushError = (err) => errors.push(err);
+
+    // From the timer, as in the mirror: a throw there would end this process.
+    index.touch(digest, 4242);
+    await waitUntil(() => errors.length > 0, { what: 'the failed write to be reported' });
+    assert.match(errors[0]!.message, /locked|busy/i);
+    assert.equal(index.getBlob(digest)?.last_access, 1);
+
+    other.exec('COMMIT');
+    index.flushTouches();
+    assert.equal(index.getBlob(digest)?.last_access, 4242);
   });
 });

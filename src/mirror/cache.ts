@@ -32,6 +32,9 @@ export class CacheManager {
   ) {}
 
   start(): void {
+    this.index.onTouchFlushError = (err, pending) => {
+      this.logger.warn({ err: err.message, blobs: pending }, 'cannot record blob uses, will retry');
+    };
     this.bytes = this.index.totalSize();
     this.refreshMetrics();
     this.timer = setInterval(() => void this.checkDisk(), this.config.diskCheckIntervalMs);
@@ -122,6 +125,11 @@ export class CacheManager {
           this.logger.warn({ bytes: bytes - result.bytes }, 'eviction could not free enough: the rest is pinned or in use');
         }
         return result;
+      })
+      // SQLITE_BUSY or SQLITE_FULL must not end the mirror: callers start passes with `void`.
+      .catch((err: Error) => {
+        this.logger.warn({ err: err.message }, 'eviction failed');
+        return { count: 0, bytes: 0 };
       })
       .finally(() => {
         this.running = undefined;

@@ -376,6 +376,9 @@ export class Mirror {
       onPassThrough: (err) => this.cache.passThrough(log, err),
     });
     const started = Date.now();
+    // Held until the row is written: an eviction pass must not unlink the file this fetch
+    // renames into place before the index knows of it.
+    const release = this.cache.hold(digest);
     this.metrics.fetchesInFlight.inc();
     this.logger.info({ ...log, bytes: res.size }, 'fetch started');
 
@@ -395,7 +398,10 @@ export class Mirror {
         this.logger.warn({ ...log, err: err.message, code: err.code }, 'fetch discarded');
         return false;
       })
-      .finally(() => this.metrics.fetchesInFlight.dec());
+      .finally(() => {
+        release();
+        this.metrics.fetchesInFlight.dec();
+      });
     return { fetch, finished };
   }
 

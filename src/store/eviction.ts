@@ -9,6 +9,8 @@ export interface EvictOptions {
   isBusy?: (digest: string) => boolean;
   /** Rows per transaction; between batches requests get the event loop back. */
   batchSize?: number;
+  /** How long, in ms, a manifest with nothing stored under it is kept after its last use. */
+  orphanGraceMs?: number;
   onEvicted?: (row: BlobRow) => void;
 }
 
@@ -19,6 +21,14 @@ export interface EvictResult {
 
 const DEFAULT_BATCH = 64;
 const UNLINK_CONCURRENCY = 4;
+/**
+ * A client pulls the manifest first and its config and layers after; until the first of them
+ * is stored the manifest has nothing under it and looks orphaned. Dropping it then would drop
+ * its tag too and make the client's pull fetch it again. Clients ask for the config (small)
+ * right after the manifest, so ten minutes covers a slow pull with room to spare, while a
+ * manifest whose content was evicted still goes within the same pass or one soon after.
+ */
+export const ORPHAN_GRACE_MS = 10 * 60_000;
 
 /**
  * Evicts least recently used layers and configs until `bytes` are freed, skipping pinned and
@@ -35,49 +45,65 @@ export async function evict(
   options: EvictOptions,
 ): Promise<EvictResult> {
   const batchSize = options.batchSize ?? DEFAULT_BATCH;
-  index.flushTouches();
-  const pinned = index.pinnedDigests();
   const isBusy = options.isBusy ?? (() => false);
   const result: EvictResult = { count: 0, bytes: 0 };
   let cursor = { last_access: -1, digest: '' };
+  index.flushTouches();
 
   while (result.bytes < options.bytes) {
     const page = index.lruPage(cursor, batchSize);
     if (page.length === 0) break;
     cursor = page[page.length - 1]!;
-    const victims: BlobRow[] = [];
-    for (const row of page) {
-      if (result.bytes >= options.bytes) break;
-      if (pinned.has(row.digest) || isBusy(row.digest)) continue;
-      victims.push(row);
-      result.bytes += row.size;
-    }
-    await remove(index, store, victims, options.onEvicted);
+
+    // Pins are read in the transaction that deletes the rows, not once per pass: a pin taken
+    // while a long pass runs, here or by another process, is seen before its blob goes.
+    const victims = index.db.transaction(() => {
+      const chosen: BlobRow[] = [];
+      for (const row of page) {
+        if (result.bytes >= options.bytes) break;
+        if (isBusy(row.digest) || index.isPinned(row.digest)) continue;
+        index.deleteBlob(row.digest);
+        chosen.push(row);
+        result.bytes += row.size;
+      }
+      return chosen;
+    }).immediate();
+    await unlink(index, store, victims, isBusy);
+    for (const row of victims) options.onEvicted?.(row);
     result.count += victims.length;
     await yieldToLoop();
   }
 
   // Manifests go with their content; the orphan query looks through whole trees, so an index
   // and its platform manifests (and the tags on them) go in the same pass.
-  const orphans = index.orphanManifests().filter((r) => !isBusy(r.digest));
-  await remove(index, store, orphans, options.onEvicted);
+  const idleSince = Date.now() - (options.orphanGraceMs ?? ORPHAN_GRACE_MS);
+  const orphans = index.db.transaction(() => {
+    const rows = index.orphanManifests(idleSince).filter((r) => !isBusy(r.digest));
+    for (const row of rows) index.deleteBlob(row.digest);
+    return rows;
+  }).immediate();
+  await unlink(index, store, orphans, isBusy);
+  for (const row of orphans) options.onEvicted?.(row);
   result.count += orphans.length;
   result.bytes += orphans.reduce((sum, r) => sum + r.size, 0);
   return result;
 }
 
-async function remove(
+/**
+ * Unlinks the files of rows already deleted. A fetch of the same digest may have committed a
+ * new file and row during the awaits before: each digest is looked up again just before its
+ * unlink, and skipped if it has a row again or is being fetched or served, so a fresh blob is
+ * never left as a row without a file.
+ */
+async function unlink(
   index: IndexDb,
   store: BlobStore,
   rows: BlobRow[],
-  onEvicted?: (row: BlobRow) => void,
+  isBusy: (digest: string) => boolean,
 ): Promise<void> {
-  if (rows.length === 0) return;
-  index.db.transaction(() => {
-    for (const row of rows) index.deleteBlob(row.digest);
-  })();
   for (let i = 0; i < rows.length; i += UNLINK_CONCURRENCY) {
-    await Promise.all(rows.slice(i, i + UNLINK_CONCURRENCY).map((r) => store.remove(r.digest)));
+    const slice = rows.slice(i, i + UNLINK_CONCURRENCY);
+    const gone = slice.filter((r) => !isBusy(r.digest) && index.getBlob(r.digest) === undefined);
+    await Promise.all(gone.map((r) => store.remove(r.digest)));
   }
-  for (const row of rows) onEvicted?.(row);
 }

@@ -86,6 +86,12 @@ export class IndexDb {
   private readonly stmts;
   private readonly touches = new Map<string, number>();
   private touchTimer: NodeJS.Timeout | undefined;
+  private touchesFailing = false;
+  /**
+   * Told when recorded uses cannot be written (the first failure of a run of them); the index
+   * has no logger, its owner logs. The uses are kept and written again a second later.
+   */
+  onTouchFlushError: ((err: Error, pending: number) => void) | undefined;
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -145,8 +151,9 @@ export class IndexDb {
       // the whole tree: an index reaches its content only through its platform manifests, so
       // asking just for direct children (or for a parent) would keep an index and its
       // manifests for ever. An index goes together with its manifests, as none of them has
-      // content left.
-      orphanManifests: db.prepare<[], BlobRow>(
+      // content left. A manifest used after `idleSince`, anywhere in the tree, keeps the tree:
+      // a client that has just fetched it is still fetching what it refers to.
+      orphanManifests: db.prepare<[number], BlobRow>(
         `WITH RECURSIVE reach(root, digest) AS (
            SELECT digest, digest FROM blobs WHERE media_type IS NOT NULL
            UNION
@@ -154,7 +161,7 @@ export class IndexDb {
          ),
          live(root) AS (
            SELECT t.root FROM reach t JOIN blobs c ON c.digest = t.digest
-           WHERE c.media_type IS NULL
+           WHERE c.media_type IS NULL OR c.last_access > ?
          )
          SELECT * FROM blobs b WHERE b.media_type IS NOT NULL
            AND b.digest NOT IN (SELECT root FROM live)
@@ -173,6 +180,9 @@ export class IndexDb {
         'SELECT digest FROM pinned_blobs WHERE image = ?',
       ),
       pinnedDigests: db.prepare<[], { digest: string }>('SELECT DISTINCT digest FROM pinned_blobs'),
+      isPinned: db.prepare<[string], { n: number }>(
+        'SELECT 1 AS n FROM pinned_blobs WHERE digest = ? LIMIT 1',
+      ),
       pinnedBytes: db.prepare<[], { total: number | null }>(
         `SELECT SUM(size) AS total FROM blobs
          WHERE digest IN (SELECT DISTINCT digest FROM pinned_blobs)`,
@@ -198,19 +208,38 @@ export class IndexDb {
    */
   touch(digest: string, now = Date.now()): void {
     this.touches.set(digest, now);
-    this.touchTimer ??= setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS).unref();
+    this.scheduleFlush();
   }
 
-  /** Writes pending uses; eviction calls it first so it ranks blobs by their latest use. */
+  /**
+   * Writes pending uses; eviction calls it first so it ranks blobs by their latest use.
+   * Never throws: it runs from a timer, where SQLITE_FULL (a full disk) or SQLITE_BUSY (a
+   * `wharf cache` command holding the lock) would crash the mirror. Uses that could not be
+   * written stay pending for the next try; losing them only makes eviction less exact.
+   */
   flushTouches(): void {
     clearTimeout(this.touchTimer);
     this.touchTimer = undefined;
     if (this.touches.size === 0 || !this.db.open) return;
     const pending = [...this.touches];
     this.touches.clear();
-    this.db.transaction(() => {
-      for (const [digest, at] of pending) this.stmts.touch.run(at, digest);
-    })();
+    try {
+      this.db.transaction(() => {
+        for (const [digest, at] of pending) this.stmts.touch.run(at, digest);
+      })();
+      this.touchesFailing = false;
+    } catch (err) {
+      // Uses recorded meanwhile are newer and win.
+      for (const [digest, at] of pending) if (!this.touches.has(digest)) this.touches.set(digest, at);
+      if (this.db.open) this.scheduleFlush();
+      // Once per run of failures: a disk that stays full would otherwise log every second.
+      if (!this.touchesFailing) this.onTouchFlushError?.(err as Error, this.touches.size);
+      this.touchesFailing = true;
+    }
+  }
+
+  private scheduleFlush(): void {
+    this.touchTimer ??= setTimeout(() => this.flushTouches(), TOUCH_FLUSH_MS).unref();
   }
 
   isVerifiedFor(digest: string, upstream: string, repo: string): boolean {
@@ -276,9 +305,12 @@ export class IndexDb {
     return this.stmts.lruPage.all(after.last_access, after.digest, limit);
   }
 
-  /** Manifests and indexes with no config or layer left under them, pinned ones aside. */
-  orphanManifests(): BlobRow[] {
-    return this.stmts.orphanManifests.all();
+  /**
+   * Manifests and indexes with no config or layer left under them, pinned ones aside, whose
+   * tree holds no manifest used after `idleSince` (a time in ms).
+   */
+  orphanManifests(idleSince: number): BlobRow[] {
+    return this.stmts.orphanManifests.all(idleSince);
   }
 
   allBlobs(): BlobRow[] {
@@ -325,6 +357,10 @@ export class IndexDb {
     return new Set(this.stmts.pinnedDigests.all().map((r) => r.digest));
   }
 
+  isPinned(digest: string): boolean {
+    return this.stmts.isPinned.get(digest) !== undefined;
+  }
+
   pinnedBytes(): number {
     return this.stmts.pinnedBytes.get()?.total ?? 0;
   }
@@ -341,6 +377,7 @@ export class IndexDb {
 
   close(): void {
     this.flushTouches();
+    clearTimeout(this.touchTimer);
     this.db.close();
   }
 }
