@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -14,6 +15,7 @@ import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 import { get, metric, startTestMirror } from './support/mirror.js';
 import { verifyAll } from '../src/cli/cache.js';
 import { silentLogger } from '../src/log.js';
+import { sendFile } from '../src/mirror/send-file.js';
 import type { RunningMirror } from '../src/mirror/server.js';
 import { BlobStore } from '../src/store/blob-store.js';
 import { evict } from '../src/store/eviction.js';
@@ -105,6 +107,34 @@ describe('wharf cache commands on a running mirror', () => {
     assert.equal((await wharf(['cache', 'verify', '--data', data])).code, 0);
   });
 
+  test('a stored blob the mirror has begun to answer with keeps its bytes when gc unlinks it', async () => {
+    await mirror.mirror.settled();
+    const layer = images[1]!.layers[0]!;
+    const upstream = mirror.mirror.config.upstreams.find((u) => u.name === 'origin')!;
+    const source = await mirror.mirror.blob(upstream, 'team/beta', layer.digest);
+    assert.equal(source.kind, 'store');
+    if (source.kind !== 'store') return;
+
+    // `wharf cache gc` cannot see the mirror's holds: it unlinks between the headers and the body.
+    await rm(mirror.mirror.store.path(layer.digest));
+    const chunks: Buffer[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        chunks.push(Buffer.from(chunk));
+        done();
+      },
+    });
+    const sent = await sendFile(sink, source.file, 0, source.size, layer.digest);
+    source.release();
+    assert.equal(sent, layer.size);
+    assert.equal(sha256(Buffer.concat(chunks)), layer.digest);
+
+    // The next request finds the file gone, forgets the row and fetches the blob again.
+    const res = await get(`${mirror.url}/v2/origin/team/beta/blobs/${layer.digest}`);
+    assert.equal(sha256(res.body), layer.digest);
+    await mirror.mirror.settled();
+  });
+
   test('gc evicts down to the budget it is given', async () => {
     const budget = images[1]!.totalSize + 1000;
     const { code, stdout } = await wharf(['cache', 'gc', '--data', data, '--max-size', String(budget)]);
@@ -124,6 +154,7 @@ describe('wharf cache commands on a running mirror', () => {
     const alpha = images[0]!;
     const base = `${mirror.url}/v2/origin/team/alpha`;
     for (const b of [alpha.config, ...alpha.layers]) await get(`${base}/blobs/${b.digest}`);
+    await mirror.mirror.settled();
     const bad = alpha.layers[0]!;
     await writeFile(mirror.mirror.store.path(bad.digest), Buffer.alloc(bad.size, 7));
 

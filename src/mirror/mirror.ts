@@ -1,4 +1,4 @@
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, type FileHandle } from 'node:fs/promises';
 import { WharfError, isWharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { children } from '../oci/manifest.js';
@@ -13,6 +13,7 @@ import {
 import { BlobFetch } from './blob-fetch.js';
 import type { MirrorConfig, UpstreamConfig } from './config.js';
 import type { MirrorMetrics, Outcome } from './metrics.js';
+import { openFile, type OpenFile } from './send-file.js';
 import { UpstreamHealth } from './upstream-health.js';
 
 export interface ManifestResult {
@@ -27,8 +28,10 @@ export type BlobSource =
       kind: 'store';
       digest: string;
       size: number;
+      /** Open before any header is sent, so an unlink after it takes nothing from the client. */
+      file: FileHandle;
       outcome: Outcome;
-      /** Ends the hold that keeps eviction off the blob while it is served. */
+      /** Ends the hold that keeps eviction off the blob while it is served; closes the file. */
       release: () => void;
     }
   | { kind: 'fetch'; digest: string; size: number | undefined; fetch: BlobFetch; outcome: Outcome };
@@ -296,7 +299,8 @@ export class Mirror {
     const stored = await this.storedFor(upstream, repo, digest);
     if (stored) {
       this.index.touch(digest);
-      return { kind: 'store', digest, size: stored.size, outcome: 'hit', release: stored.release };
+      const { size, file, release } = stored;
+      return { kind: 'store', digest, size, file, outcome: 'hit', release };
     }
 
     const flight = this.fetches.get(digest);
@@ -339,21 +343,31 @@ export class Mirror {
   private async storedFor(upstream: UpstreamConfig, repo: string, digest: string) {
     const row = this.index.getBlob(digest);
     if (!row) return undefined;
-    // Held from here, so eviction cannot take the file between this check and the response.
-    const release = this.cache.hold(digest);
+    // Held from here, so eviction cannot take the file between this check and the response;
+    // `wharf cache gc` cannot see the hold, but the file is open before any header is sent.
+    const hold = this.cache.hold(digest);
+    let opened: OpenFile | undefined;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      hold();
+      void opened?.handle.close().catch(() => undefined);
+    };
     try {
-      const size = await this.store.size(digest);
-      if (size === undefined) {
+      opened = await openFile(this.store.path(digest));
+      if (opened === undefined) {
         this.forget(digest, row.size);
         release();
         return undefined;
       }
+      const { handle: file, size } = opened;
       if (!this.index.isVerifiedFor(digest, upstream.name, repo)) {
         const head = await this.upstreamCall(upstream, () => this.client(upstream).headBlob(repo, digest));
         if (!head) throw blobUnknown(repo, digest);
         this.index.addRepo(digest, upstream.name, repo);
       }
-      return { size, release };
+      return { size, file, release };
     } catch (err) {
       release();
       throw err;

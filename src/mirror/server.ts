@@ -270,8 +270,8 @@ async function sendBlob(
   if (source.kind === 'store') {
     let sent = 0;
     try {
-      const path = ctx.mirror.store.path(source.digest);
-      sent = await sendFile(res, path, range?.start ?? 0, range?.end ?? source.size);
+      const end = range?.end ?? source.size;
+      sent = await sendFile(res, source.file, range?.start ?? 0, end, source.digest);
       res.end();
     } catch (err) {
       ctx.logger.warn({ digest: source.digest, err: (err as Error).message }, 'blob response failed');
