@@ -12,6 +12,14 @@ import { drained } from '../util/drained.js';
 /** Bytes a pass-through fetch keeps in memory ahead of its slowest client. */
 export const PASS_THROUGH_WINDOW = 16 * 1024 * 1024;
 
+/**
+ * Bytes a client of a running fetch waits for before it reads. The upstream's chunks are tens
+ * of KiB: reading each one for each client of a herd costs a file read, a socket write and a
+ * wake-up per chunk and client, CPU that the fetch itself then lacks. Well under the
+ * pass-through window, so a waiting reader never holds the upstream back.
+ */
+export const MIN_READ = 512 * 1024;
+
 interface Reader {
   pos: number;
 }
@@ -252,7 +260,8 @@ export class BlobFetch extends EventEmitter {
         // The last byte asked for waits for the digest check, for a range as for the whole
         // blob: once a client has every byte it asked for, a broken connection is too late.
         const available = Math.min(this.readable, this.state === 'done' ? stop : stop - 1);
-        if (reader.pos < available) {
+        const batched = this.state === 'done' || available - reader.pos >= MIN_READ;
+        if (reader.pos < available && batched) {
           let buf: Buffer;
           let pooled: Buffer | undefined;
           if (reader.pos < this.fileBytes) {
