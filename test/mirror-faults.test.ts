@@ -191,6 +191,27 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(origin.requests.length, 0);
   });
 
+  test('a blob HEAD the origin answers without a length is passed on without a made-up one', async () => {
+    const layer = image.layers[0]!;
+    const terse = createServer((req, res) => {
+      if (req.url === '/v2/') return res.writeHead(200).end('{}');
+      // A 200 to a HEAD that names the digest but leaves its length out, as some CDNs do.
+      res.writeHead(200, { 'docker-content-digest': layer.digest });
+      res.end();
+    });
+    await new Promise<void>((r) => terse.listen(0, '127.0.0.1', r));
+    registerCleanup(() => new Promise((r) => terse.close(r)));
+    const port = (terse.address() as AddressInfo).port;
+    const m = await startTestMirror({ upstreams: [`terse=http://127.0.0.1:${port}`] });
+
+    const res = await request(`${m.url}/v2/terse/ci/app/blobs/${layer.digest}`, { method: 'HEAD' });
+    await res.body.dump();
+
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.headers['docker-content-digest'], layer.digest);
+    assert.notEqual(res.headers['content-length'], '0', 'a length the origin never gave');
+  });
+
   test('an origin that lies about a manifest digest gets DIGEST_INVALID and nothing is stored', async () => {
     const real = image.bytes;
     const lie = Buffer.from(real.toString().replace('"schemaVersion": 2', '"schemaVersion":2'));

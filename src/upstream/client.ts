@@ -197,13 +197,17 @@ export class RegistryClient {
     return { tags, next: nextLast(header(res, 'link')) };
   }
 
-  /** HEAD of a blob in a repository: its size, or null when the repository does not have it. */
-  async headBlob(repo: string, digest: string): Promise<{ size: number } | null> {
+  /**
+   * HEAD of a blob in a repository: its size (undefined when the upstream did not say), or null
+   * when the repository does not have it.
+   */
+  async headBlob(repo: string, digest: string): Promise<{ size: number | undefined } | null> {
     const res = await this.send('HEAD', repo, `blobs/${digest}`, { follow: true });
     await res.body.dump();
     if (res.statusCode === 404) return null;
     this.check(res, repo, `blob ${digest}`);
-    return { size: Number(header(res, 'content-length') ?? 0) };
+    const length = header(res, 'content-length');
+    return { size: length === undefined ? undefined : Number(length) };
   }
 
   async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobResponse | null> {
