@@ -4,6 +4,9 @@ import type { Logger } from '../log.js';
 import { parseChallenge, type Challenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
 
+/** Credentials as resolved for an upstream: an identity token, when set, replaces the password. */
+type UpstreamCredentials = Credentials & { identityToken?: string };
+
 interface CachedToken {
   token: string;
   expiresAt: number;
@@ -14,13 +17,22 @@ interface CachedToken {
 const DEFAULT_TOKEN_SECONDS = 60;
 const EXPIRY_MARGIN_MS = 5_000;
 
+/** How wharf names itself to OAuth2 token servers (distribution's `client_id`). */
+const OAUTH_CLIENT_ID = 'wharf';
+
+/** The hint for a refused identity token; `docker login` is what renews one. */
+const RELOGIN_HINT =
+  'the identity token from docker login was refused or cannot be used here: run docker login ' +
+  '(or your registry\'s login command, e.g. az acr login) for this registry again';
+
 export function basicHeader(creds: Credentials): string {
   return `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
 }
 
 /**
  * Answers an upstream's authentication challenges the way a registry client does: bearer tokens
- * from the realm the upstream names, cached per scope until they expire, or basic auth.
+ * from the realm the upstream names, cached per scope until they expire, or basic auth. An
+ * identity token from docker login is traded at the realm with the OAuth2 refresh_token grant.
  */
 export class Authenticator {
   private readonly tokens = new Map<string, CachedToken>();
@@ -30,7 +42,7 @@ export class Authenticator {
 
   constructor(
     private readonly upstream: string,
-    private readonly credentials: () => Promise<Credentials | undefined>,
+    private readonly credentials: () => Promise<UpstreamCredentials | undefined>,
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
   ) {}
@@ -39,7 +51,7 @@ export class Authenticator {
   async headerFor(scope: string): Promise<string | undefined> {
     if (this.scheme === 'basic') {
       const creds = await this.credentials();
-      return creds ? basicHeader(creds) : undefined;
+      return creds && !creds.identityToken ? basicHeader(creds) : undefined;
     }
     if (this.scheme === 'bearer') {
       const cached = this.tokens.get(scope);
@@ -59,6 +71,16 @@ export class Authenticator {
     if (challenge.scheme === 'basic') {
       this.scheme = 'basic';
       const creds = await this.credentials();
+      // An identity token is good only at an OAuth2 token endpoint: as a password it would
+      // be refused, and sending it to the registry itself would leak a long-lived secret.
+      if (creds?.identityToken) {
+        throw new WharfError(
+          'WHARF_UPSTREAM_UNAUTHORIZED',
+          `upstream ${this.upstream} asks for basic auth, and its docker login holds only an ` +
+            'identity token',
+          { hint: `${RELOGIN_HINT}, or configure a username and password for ${this.upstream}` },
+        );
+      }
       const value = creds ? basicHeader(creds) : undefined;
       return value === sent ? undefined : value;
     }
@@ -88,69 +110,162 @@ export class Authenticator {
   }
 
   private async fetchToken(challenge: Challenge, scope: string): Promise<string> {
-    const realm = challenge.params.realm!;
-    let url: URL;
-    try {
-      url = new URL(realm);
-    } catch {
-      throw new WharfError('WHARF_UPSTREAM_PROTOCOL', `upstream ${this.upstream} named a bad token realm`);
-    }
-    if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
-    url.searchParams.set('scope', scope);
-
+    const url = this.realmOf(challenge);
     const creds = await this.credentials();
-    const headers: Record<string, string> = {};
-    if (creds) headers.authorization = basicHeader(creds);
-    let res: Dispatcher.ResponseData;
-    try {
-      res = await request(url, { method: 'GET', headers, dispatcher: this.dispatcher });
-    } catch (err) {
-      throw new WharfError(
-        'WHARF_UPSTREAM_UNAVAILABLE',
-        `token server of upstream ${this.upstream} (${url.host}) is unreachable`,
-        { cause: err, hint: 'check that the registry\'s token service is reachable from the mirror' },
-      );
-    }
-    let text: string;
-    try {
-      text = await res.body.text();
-    } catch (err) {
-      throw new WharfError(
-        'WHARF_UPSTREAM_UNAVAILABLE',
-        `token server of upstream ${this.upstream} (${url.host}) broke off its answer`,
-        { cause: err },
-      );
-    }
-    if (res.statusCode === 401 || res.statusCode === 403) {
+
+    const identityToken = creds?.identityToken;
+    const { status, text } = await this.askTokenServer(url, identityToken
+      ? this.refreshGrant(url, challenge, scope, identityToken)
+      : this.classicRequest(url, challenge, scope, creds));
+
+    if (identityToken && (status === 404 || status === 405)) {
+      // distribution's OAuth2 spec: a token server that answers the POST with 404 knows only
+      // the GET flow, which takes a username and password; an identity token has neither.
       throw new WharfError(
         'WHARF_UPSTREAM_UNAUTHORIZED',
-        `token server of upstream ${this.upstream} refused ${creds ? 'the credentials' : 'anonymous access'}`,
+        `token server of upstream ${this.upstream} (${url.host}) takes no OAuth2 identity token`,
         {
-          hint: creds
-            ? 'check the username and password configured for this upstream'
-            : `configure credentials for ${this.upstream} (config file, environment or docker login)`,
+          hint: 'this token server takes only a username and password: run docker login for ' +
+            `this registry with them, or configure credentials for ${this.upstream}`,
         },
       );
     }
-    if (res.statusCode >= 300) {
+    if (status === 401 || status === 403 || (identityToken && refusedGrant(status, text))) {
+      const what =
+        identityToken ? 'the identity token' : creds ? 'the credentials' : 'anonymous access';
       throw new WharfError(
-        res.statusCode === 429 ? 'WHARF_UPSTREAM_TOO_MANY_REQUESTS' : 'WHARF_UPSTREAM_UNAVAILABLE',
-        `token server of upstream ${this.upstream} answered ${res.statusCode}`,
+        'WHARF_UPSTREAM_UNAUTHORIZED',
+        `token server of upstream ${this.upstream} refused ${what}`,
+        {
+          hint: identityToken
+            ? RELOGIN_HINT
+            : creds
+              ? 'check the username and password configured for this upstream'
+              : `configure credentials for ${this.upstream} ` +
+                '(config file, environment or docker login)',
+        },
       );
     }
+    if (status >= 300) {
+      throw new WharfError(
+        status === 429 ? 'WHARF_UPSTREAM_TOO_MANY_REQUESTS' : 'WHARF_UPSTREAM_UNAVAILABLE',
+        `token server of upstream ${this.upstream} answered ${status}`,
+      );
+    }
+
     let body: { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
     try {
       body = JSON.parse(text) as typeof body;
     } catch {
-      throw new WharfError('WHARF_UPSTREAM_PROTOCOL', `token server of upstream ${this.upstream} sent no JSON`);
+      throw new WharfError(
+        'WHARF_UPSTREAM_PROTOCOL', `token server of upstream ${this.upstream} sent no JSON`);
     }
+    // The GET flow answers `token` (and often `access_token` too), OAuth2 only `access_token`.
+    // A `refresh_token` in an OAuth2 answer comes only with access_type=offline, never asked.
     const token = body.token ?? body.access_token;
     if (!token) {
-      throw new WharfError('WHARF_UPSTREAM_PROTOCOL', `token server of upstream ${this.upstream} sent no token`);
+      throw new WharfError(
+        'WHARF_UPSTREAM_PROTOCOL', `token server of upstream ${this.upstream} sent no token`);
     }
-    const seconds = body.expires_in && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
+    const seconds =
+      body.expires_in && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
     this.tokens.set(scope, { token, expiresAt: Date.now() + seconds * 1000 - EXPIRY_MARGIN_MS });
     this.logger.debug({ upstream: this.upstream, scope, seconds }, 'token issued');
     return token;
+  }
+
+  private realmOf(challenge: Challenge): URL {
+    try {
+      return new URL(challenge.params.realm!);
+    } catch {
+      throw new WharfError(
+        'WHARF_UPSTREAM_PROTOCOL', `upstream ${this.upstream} named a bad token realm`);
+    }
+  }
+
+  /** distribution's token GET: service and scope in the query, basic auth when there is some. */
+  private classicRequest(
+    realm: URL,
+    challenge: Challenge,
+    scope: string,
+    creds: Credentials | undefined,
+  ): TokenRequest {
+    const url = new URL(realm);
+    if (challenge.params.service) url.searchParams.set('service', challenge.params.service);
+    url.searchParams.set('scope', scope);
+    const headers: Record<string, string> = {};
+    if (creds) headers.authorization = basicHeader(creds);
+    return { url, method: 'GET', headers };
+  }
+
+  /** distribution's OAuth2 POST: the identity token traded as a refresh token (RFC 6749 §6). */
+  private refreshGrant(
+    realm: URL,
+    challenge: Challenge,
+    scope: string,
+    refreshToken: string,
+  ): TokenRequest {
+    const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: refreshToken });
+    if (challenge.params.service) form.set('service', challenge.params.service);
+    form.set('client_id', OAUTH_CLIENT_ID);
+    // OAuth2 joins scopes with spaces; the GET flow repeats `scope` instead.
+    form.set('scope', scope.split(' ').filter(Boolean).join(' '));
+    return {
+      url: realm,
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: form.toString(),
+    };
+  }
+
+  private async askTokenServer(realm: URL, req: TokenRequest) {
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await request(req.url, {
+        method: req.method,
+        headers: req.headers,
+        body: req.body,
+        dispatcher: this.dispatcher,
+      });
+    } catch (err) {
+      throw new WharfError(
+        'WHARF_UPSTREAM_UNAVAILABLE',
+        `token server of upstream ${this.upstream} (${realm.host}) is unreachable`,
+        {
+          cause: err,
+          hint: 'check that the registry\'s token service is reachable from the mirror',
+        },
+      );
+    }
+    try {
+      return { status: res.statusCode, text: await res.body.text() };
+    } catch (err) {
+      throw new WharfError(
+        'WHARF_UPSTREAM_UNAVAILABLE',
+        `token server of upstream ${this.upstream} (${realm.host}) broke off its answer`,
+        { cause: err },
+      );
+    }
+  }
+}
+
+interface TokenRequest {
+  url: URL;
+  method: 'GET' | 'POST';
+  headers: Record<string, string>;
+  body?: string;
+}
+
+/**
+ * OAuth2 token servers answer a bad refresh token with 400 `invalid_grant` (RFC 6749 §5.2)
+ * rather than 401: that is a refusal of the token, not a broken request.
+ */
+function refusedGrant(status: number, text: string): boolean {
+  if (status !== 400) return false;
+  try {
+    const { error } = JSON.parse(text) as { error?: unknown };
+    return ['invalid_grant', 'invalid_client', 'unauthorized_client'].includes(String(error));
+  } catch {
+    return false;
   }
 }

@@ -148,12 +148,9 @@ export async function credentialsFromDockerConfig(
  * Credentials for one upstream, first found wins: the config file, then environment variables,
  * then the docker `config.json` of the user running wharf.
  *
- * An identity token found there is left out, and the upstream is asked anonymously: the
- * registry client answers challenges with a username and password only, and the token sent
- * as either would only be refused (and `<token>` is no user). The engine does get it, as
- * `registryAuthFor` sends it, but a private registry's tags cannot be resolved this way yet.
- * TODO: fetch bearer tokens with the OAuth2 `refresh_token` grant (a POST to the realm, in
- * the Authenticator, which lies outside this file) so the registry client can use them too.
+ * Credentials found there may carry an identity token instead of a password: the
+ * Authenticator trades it for bearer tokens with the OAuth2 `refresh_token` grant, and never
+ * sends it as basic auth.
  */
 export async function resolveCredentials(
   name: string,
@@ -161,6 +158,5 @@ export async function resolveCredentials(
   configured: Credentials | undefined,
 ): Promise<FoundCredentials | undefined> {
   if (configured) return { ...configured, origin: 'config' };
-  const found = credentialsFromEnv(name) ?? (await credentialsFromDockerConfig(host));
-  return found?.identityToken ? undefined : found;
+  return credentialsFromEnv(name) ?? (await credentialsFromDockerConfig(host));
 }

@@ -14,6 +14,13 @@ export interface TokenServerOptions {
   /** The one account that may log in (default wharf / wharf-secret). */
   user?: string;
   password?: string;
+  /**
+   * The OAuth2 refresh token (what `docker login` stores as `identitytoken`) that stands for
+   * `user` in a POST with grant_type=refresh_token; any other is refused with invalid_grant.
+   */
+  refreshToken?: string;
+  /** Answers every POST with this status, as token servers without OAuth2 do (404 or 405). */
+  refusePost?: 404 | 405;
   /** Grants anonymous requests `pull` (only); without it they get a token with no access. */
   anonymousPull?: boolean;
   /** Token lifetime in seconds (default 300). */
@@ -35,6 +42,10 @@ export interface TokenRequestRecord {
   method: string;
   /** The account that authenticated, '' when anonymous. */
   account: string;
+  /** The form of a POST: its `grant_type`, `client_id` and `service`. */
+  grant?: string;
+  clientId?: string;
+  service?: string;
   scopes: string[];
   status: number;
   granted: Access[];
@@ -107,19 +118,33 @@ export async function startTokenServer(options: TokenServerOptions = {}): Promis
     // GET with basic auth is the classic flow; POST is the OAuth2 form docker login tries.
     let given: { user: string; password: string } | undefined;
     let scopes = url.searchParams.getAll('scope');
-    if (req.method === 'POST') {
-      const form = new URLSearchParams(await readBody(req));
-      if (form.get('grant_type') === 'password') {
-        given = { user: form.get('username') ?? '', password: form.get('password') ?? '' };
-      }
-      scopes = form.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
-    } else {
-      given = basicCredentials(req.headers.authorization);
-    }
     const record: TokenRequestRecord = {
       method: req.method ?? 'GET', account: '', scopes, status: 200, granted: [],
     };
     requests.push(record);
+    if (req.method === 'POST') {
+      if (options.refusePost) {
+        record.status = options.refusePost;
+        return reply(res, options.refusePost, { error: 'no oauth here' });
+      }
+      const form = new URLSearchParams(await readBody(req));
+      record.grant = form.get('grant_type') ?? undefined;
+      record.clientId = form.get('client_id') ?? undefined;
+      record.service = form.get('service') ?? undefined;
+      scopes = record.scopes = form.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
+      if (record.grant === 'password') {
+        given = { user: form.get('username') ?? '', password: form.get('password') ?? '' };
+      } else if (record.grant === 'refresh_token') {
+        if (!options.refreshToken || form.get('refresh_token') !== options.refreshToken) {
+          // RFC 6749 §5.2: a refresh token the server does not know is a 400 invalid_grant.
+          record.status = 400;
+          return reply(res, 400, { error: 'invalid_grant' });
+        }
+        given = { user, password };
+      }
+    } else {
+      given = basicCredentials(req.headers.authorization);
+    }
 
     if (given && (given.user !== user || given.password !== password)) {
       record.status = 401;
