@@ -191,7 +191,9 @@ describe('an identity token goes to the engine as docker sends it, never as a pa
       serveraddress: 'registry.example.io' });
     const forClient = await withDockerConfig(dir, false,
       () => resolveCredentials('example', 'registry.example.io', undefined));
-    assert.equal(forClient, undefined, 'no basic auth made of an identity token');
+    // wharf's own requests use the token in the OAuth2 refresh grant, never as a password.
+    assert.equal(forClient?.identityToken, 'refresh-me');
+    assert.equal(forClient?.password, '');
   });
 
   test('a credential helper that answers <token> gives an identity token', async () => {
@@ -210,7 +212,8 @@ describe('an identity token goes to the engine as docker sends it, never as a pa
 
     assert.deepEqual(header,
       { identitytoken: 'refresh-me', serveraddress: 'registry.example.io' });
-    assert.equal(forClient, undefined);
+    assert.equal(forClient?.identityToken, 'refresh-me');
+    assert.equal(forClient?.password, '');
   });
 });
 
