@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { chmod, copyFile, rm, writeFile } from 'node:fs/promises';
-import { delimiter } from 'node:path';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isWharfError } from '../src/errors.js';
@@ -19,6 +18,7 @@ import { startRegistry, type Registry } from './helpers/registry.js';
 import { makeEnginePki, type EnginePki } from './helpers/tls.js';
 import { cleanupAll, freePort, makeTempDir, registerCleanup } from './helpers/tmp.js';
 import { runEnsure } from '../src/cli/ensure.js';
+import { withDockerConfig } from './support/auth.js';
 import { PassThrough } from 'node:stream';
 import { createServer } from 'node:http';
 
@@ -163,19 +163,6 @@ describe('an identity token goes to the engine as docker sends it, never as a pa
   const decode = (header: string | undefined) =>
     JSON.parse(Buffer.from(header ?? '', 'base64url').toString('utf8')) as Record<string, string>;
 
-  /** Runs `fn` with DOCKER_CONFIG (and optionally PATH) pointing at `dir`. */
-  async function withDockerConfig<T>(dir: string, path: boolean, fn: () => Promise<T>) {
-    const saved = { config: process.env.DOCKER_CONFIG, path: process.env.PATH };
-    process.env.DOCKER_CONFIG = dir;
-    if (path) process.env.PATH = `${dir}${delimiter}${saved.path ?? ''}`;
-    try {
-      return await fn();
-    } finally {
-      if (saved.config === undefined) delete process.env.DOCKER_CONFIG;
-      else process.env.DOCKER_CONFIG = saved.config;
-      process.env.PATH = saved.path;
-    }
-  }
 
   test('an identitytoken of config.json is sent as identitytoken with the username', async () => {
     const dir = await makeTempDir('identity-config');
@@ -189,7 +176,7 @@ describe('an identity token goes to the engine as docker sends it, never as a pa
 
     assert.deepEqual(header, { username: 'ci', identitytoken: 'refresh-me',
       serveraddress: 'registry.example.io' });
-    const forClient = await withDockerConfig(dir, false,
+    const forClient = await withDockerConfig(dir,
       () => resolveCredentials('example', 'registry.example.io', undefined));
     // wharf's own requests use the token in the OAuth2 refresh grant, never as a password.
     assert.equal(forClient?.identityToken, 'refresh-me');
@@ -205,10 +192,10 @@ describe('an identity token goes to the engine as docker sends it, never as a pa
     const config = join(dir, 'config.json');
     await writeFile(config, JSON.stringify({ credsStore: 'wharftest' }));
 
-    const [header, forClient] = await withDockerConfig(dir, true, async () => [
+    const [header, forClient] = await withDockerConfig(dir, async () => [
       decode(await registryAuthFor('registry.example.io', config)),
       await resolveCredentials('example', 'registry.example.io', undefined),
-    ] as const);
+    ] as const, true);
 
     assert.deepEqual(header,
       { identitytoken: 'refresh-me', serveraddress: 'registry.example.io' });

@@ -2,8 +2,7 @@ import assert from 'node:assert/strict';
 import { chmod, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { delimiter, join } from 'node:path';
-import { Writable } from 'node:stream';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Agent } from 'undici';
 import { buildImage, type BuiltImage } from './helpers/images.js';
@@ -11,9 +10,9 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
+import { captureLogs, upstreamName, withDockerConfig } from './support/auth.js';
 import { get, startTestMirror } from './support/mirror.js';
 import { isWharfError, type WharfError } from '../src/errors.js';
-import { createLogger } from '../src/log.js';
 import { RegistryClient } from '../src/upstream/client.js';
 
 const USER = 'ci-bot';
@@ -22,22 +21,6 @@ const IDENTITY = 'identity-token-do-not-log-4f1c9a';
 const WRONG = 'wrong-identity-token-do-not-log-77aa';
 // What `az acr login` writes beside an identity token: a placeholder user, no password.
 const ACR_USER = '00000000-0000-0000-0000-000000000000';
-
-function upstreamName(reg: Registry): string {
-  return reg.host.replace(':', '_');
-}
-
-/** Collects log lines so tests can check no token is ever written. */
-function captureLogs() {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      lines.push(chunk.toString('utf8'));
-      done();
-    },
-  });
-  return { lines, logger: createLogger({ level: 'debug', destination: sink }) };
-}
 
 /** A docker config folder whose `config.json` holds an identity token for `host`. */
 async function dockerConfigWith(host: string, identitytoken: string): Promise<string> {
@@ -49,19 +32,6 @@ async function dockerConfigWith(host: string, identitytoken: string): Promise<st
   return dir;
 }
 
-/** Runs `fn` with DOCKER_CONFIG at `dir`, and `dir` first on PATH when `path` is set. */
-async function withDockerConfig<T>(dir: string, fn: () => Promise<T>, path = false) {
-  const saved = { config: process.env.DOCKER_CONFIG, path: process.env.PATH };
-  process.env.DOCKER_CONFIG = dir;
-  if (path) process.env.PATH = `${dir}${delimiter}${saved.path ?? ''}`;
-  try {
-    return await fn();
-  } finally {
-    if (saved.config === undefined) delete process.env.DOCKER_CONFIG;
-    else process.env.DOCKER_CONFIG = saved.config;
-    process.env.PATH = saved.path;
-  }
-}
 
 /** A registry client of its own, with a connection pool closed after the tests. */
 function clientFor(url: string): RegistryClient {

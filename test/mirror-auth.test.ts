@@ -9,11 +9,11 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
+import { captureLogs, upstreamName } from './support/auth.js';
 import { get, startTestMirror } from './support/mirror.js';
-import { createLogger, silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/log.js';
 import { loadMirrorConfig } from '../src/mirror/config.js';
 import { startMirror } from '../src/mirror/server.js';
-import { Writable } from 'node:stream';
 
 const USER = 'ci-bot';
 const PASSWORD = 's3cret-Pa55-do-not-log';
@@ -23,22 +23,6 @@ async function listen(server: Server): Promise<string> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   registerCleanup(() => new Promise((r) => server.close(r)));
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-
-function upstreamName(reg: Registry): string {
-  return reg.host.replace(':', '_');
-}
-
-/** Collects log lines so tests can check no credential is ever written. */
-function captureLogs() {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      lines.push(chunk.toString('utf8'));
-      done();
-    },
-  });
-  return { lines, logger: createLogger({ level: 'debug', destination: sink }) };
 }
 
 describe('the mirror authenticates to private upstreams', () => {
