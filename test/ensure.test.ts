@@ -170,6 +170,9 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.equal(out.code, 1);
     const error = out.json.error as { code: string; hint?: string };
     assert.equal(error.code, 'WHARF_UPSTREAM_UNAVAILABLE');
+    assert.equal(out.json.source, null);
+    assert.equal(out.json.digest, null);
+    assert.equal(out.json.image, name);
   });
 
   test('with both down, --allow-stale accepts an older local copy and says so', async () => {

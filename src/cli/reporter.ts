@@ -216,7 +216,10 @@ class JsonReporter implements Reporter {
   }
 
   failed(image: string, err: WharfError, seconds: number): void {
-    if (!this.options.stream) this.write({ image, error: summarize(err), seconds });
+    // The same keys as a success, so a script reading `.source` or `.digest` needs no case.
+    if (!this.options.stream) {
+      this.write({ image, digest: null, source: null, seconds, error: summarize(err) });
+    }
     else this.write({ time: new Date().toISOString(), event: 'error', error: summarize(err) });
   }
 
