@@ -275,6 +275,27 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(await metric(m.url, 'wharf_requests_total', { kind: 'manifest', outcome: 'revalidated' }), 1);
   });
 
+  test('a mirror started cold with the origin down says so, and serves once it is back', async () => {
+    await origin.down();
+    let m: Awaited<ReturnType<typeof startTestMirror>>;
+    try {
+      m = await startTestMirror({ upstreams: [`origin=${origin.url}`], tagTtlMs: 0 });
+      assert.equal((await get(`${m.url}/healthz`)).status, 200);
+      const down = await get(`${m.url}/v2/origin/ci/app/manifests/v1`);
+      assert.equal(down.status, 503);
+      assert.equal(errorCode(down.body), 'UNAVAILABLE');
+    } finally {
+      await origin.up();
+    }
+
+    const res = await get(`${m.url}/v2/origin/ci/app/manifests/v1`);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, image.bytes);
+    const layer = image.layers[0]!;
+    const blob = await download(`${m.url}/v2/origin/ci/app/blobs/${layer.digest}`);
+    assert.equal(sha256(blob.body), layer.digest);
+  });
+
   test('the mirror starts and serves its store while the origin is down', async () => {
     await get(`${base}/manifests/v1`);
     await mirror.close();
