@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { request } from 'undici';
 import { startFaultyOrigin, type FaultyOrigin } from './helpers/faulty-origin.js';
-import { buildImage, buildIndex, type BuiltImage } from './helpers/images.js';
+import { buildImage, buildIndex, type BuiltImage, type LayerInfo } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { skopeoCopy } from './helpers/skopeo.js';
@@ -363,15 +363,20 @@ describe('crash safety and recovery', () => {
     const dir = await makeTempDir('crash');
     const data = join(dir, 'data');
     const args = ['--data', data, '--upstream', `origin=${origin.url}`, '--log-level', 'warn'];
-    for (const layer of image.layers) origin.slowBlob(layer.digest, 2_000_000);
+    // The smallest layer arrives whole and is committed; the others are cut by the kill.
+    const [big, medium, small] = image.layers as [LayerInfo, LayerInfo, LayerInfo];
+    for (const layer of [big, medium]) origin.slowBlob(layer.digest, 2_000_000);
     const first = await startMirrorProcess(dir, args);
     const base = `${first.url}/v2/origin/ci/app`;
     const pulls = [...image.layers, ...image.layers].map((l) =>
       request(`${base}/blobs/${l.digest}`).then((r) => r.body.arrayBuffer()).catch(() => undefined),
     );
-    await waitUntil(() => origin.blobBytesSent(image.layers[0]!.digest) > 500_000, {
-      what: 'the fetches to be under way',
+    const committed = new BlobStore(data).path(small.digest);
+    await waitUntil(async () => (await stat(committed).catch(() => undefined)) !== undefined
+      && origin.blobBytesSent(big.digest) > 500_000, {
+      what: 'one blob committed while the others are under way',
     });
+    assert.ok(origin.blobBytesSent(medium.digest) < medium.size, 'a fetch is cut by the kill');
     process.kill(first.process.pid, 'SIGKILL');
     await first.process.exited;
     await Promise.all(pulls);
@@ -380,9 +385,13 @@ describe('crash safety and recovery', () => {
     const second = await startMirrorProcess(dir, args);
     assert.deepEqual(await readdir(join(data, 'tmp')), []);
     const store = new BlobStore(data);
+    const kept: string[] = [];
     for await (const digest of store.list()) {
       assert.ok(await verifyFile(store.path(digest), digest), `${digest} is not what it claims`);
+      kept.push(digest);
     }
+    assert.ok(kept.includes(small.digest), 'the blob committed before the kill is kept');
+    assert.ok(!kept.includes(big.digest), 'a blob cut by the kill is not in the store');
     const out = await makeTempDir('copy');
     await skopeoCopy(`docker://${new URL(second.url).host}/origin/ci/app:v1`, `oci:${out}:v1`);
     for (const layer of image.layers) {
