@@ -20,6 +20,9 @@ export const PASS_THROUGH_WINDOW = 16 * 1024 * 1024;
  */
 export const MIN_READ = 512 * 1024;
 
+/** Most bytes a client is given from memory in one step before the loop looks again. */
+const MAX_STEP = 1024 * 1024;
+
 interface Reader {
   pos: number;
 }
@@ -48,7 +51,10 @@ export class BlobFetch extends EventEmitter {
   /** Bytes the upstream announced; undefined when it sent no Content-Length. */
   readonly size: number | undefined;
   private written = 0;
-  /** Bytes confirmed in the temp file; bytes past it are in `memory` (pass-through). */
+  /**
+   * Bytes confirmed in the temp file; bytes past it are in `memory`: queued for the file while
+   * the store takes the blob, the pass-through window once it does not.
+   */
   private fileBytes = 0;
   private memory: Buffer[] = [];
   private memoryStart = 0;
@@ -167,40 +173,46 @@ export class BlobFetch extends EventEmitter {
   private async install(writer: BlobWriter): Promise<boolean> {
     try {
       await writer.install();
-      return true;
+      return this.writer === writer;
     } catch (err) {
-      this.writer = undefined;
-      this.memoryStart = this.fileBytes;
-      this.discardTemp = () => writer.abort();
-      this.events.onPassThrough?.(err);
+      this.dropWriter(writer, err);
       return false;
     }
   }
 
   private async accept(buf: Buffer): Promise<void> {
-    if (this.writer) {
-      try {
-        await this.writer.write(buf);
-        this.fileBytes += buf.length;
-        this.written += buf.length;
-        return;
-      } catch (err) {
-        // The disk is full (or failing): the client must not pay for it. Keep what is in the
-        // temp file for the readers, verify the rest in memory, store nothing.
-        const writer = this.writer;
-        this.hash = writer.takeHash();
-        this.writer = undefined;
-        this.memoryStart = this.fileBytes;
-        this.discardTemp = () => writer.abort();
-        this.events.onPassThrough?.(err);
-        this.memory.push(buf);
-        this.written += buf.length;
-        return;
-      }
-    }
-    this.hash!.update(buf);
     this.memory.push(buf);
     this.written += buf.length;
+    const writer = this.writer;
+    if (!writer) {
+      this.hash!.update(buf);
+      return;
+    }
+    const more = writer.push(buf, (err) => this.onWritten(writer, buf, err));
+    if (!more) await writer.drained();
+  }
+
+  /** A queued chunk reached the file (they do in order), or the file failed. */
+  private onWritten(writer: BlobWriter, buf: Buffer, err: Error | null | undefined): void {
+    if (this.writer !== writer) return;
+    if (err) return this.dropWriter(writer, err);
+    this.memory.shift();
+    this.fileBytes += buf.length;
+    this.memoryStart = this.fileBytes;
+  }
+
+  /**
+   * The disk is full (or failing), mid-write or at the commit: the clients must not pay for
+   * it. What is in the temp file stays there for the readers, the bytes queued for it stay in
+   * memory, the rest is verified as it streams, and nothing is stored.
+   */
+  private dropWriter(writer: BlobWriter, err: unknown): void {
+    if (this.writer !== writer) return;
+    this.writer = undefined;
+    this.hash = writer.takeHash();
+    this.memoryStart = this.fileBytes;
+    this.discardTemp = () => writer.abort();
+    this.events.onPassThrough?.(err);
   }
 
   private verifyPassThrough(): void {
@@ -262,7 +274,7 @@ export class BlobFetch extends EventEmitter {
         const available = Math.min(this.readable, this.state === 'done' ? stop : stop - 1);
         const batched = this.state === 'done' || available - reader.pos >= MIN_READ;
         if (reader.pos < available && batched) {
-          let buf: Buffer;
+          let slices: Buffer[];
           let pooled: Buffer | undefined;
           if (reader.pos < this.fileBytes) {
             // Each client reads through its own handle: positional reads need no coordination,
@@ -271,15 +283,21 @@ export class BlobFetch extends EventEmitter {
             pooled = blobBuffers.take();
             const length = Math.min(pooled.length, available - reader.pos, this.fileBytes - reader.pos);
             const { bytesRead } = await fd.read(pooled, 0, length, reader.pos);
-            buf = pooled.subarray(0, bytesRead);
+            slices = [pooled.subarray(0, bytesRead)];
           } else {
-            buf = this.fromMemory(reader.pos, available);
+            // Straight from the chunks as they came, without a copy: a reader near the head
+            // of the fetch touches neither the file nor a buffer of its own.
+            slices = this.fromMemory(reader.pos, Math.min(available, reader.pos + MAX_STEP));
           }
-          reader.pos += buf.length;
-          sent += buf.length;
-          if (this.writer === undefined) this.trim();
           const release = pooled && (() => blobBuffers.give(pooled));
-          if (!out.write(buf, release)) await drained(out);
+          let more = true;
+          for (const [i, slice] of slices.entries()) {
+            reader.pos += slice.length;
+            sent += slice.length;
+            more = out.write(slice, i === slices.length - 1 ? release : undefined);
+          }
+          if (this.writer === undefined) this.trim();
+          if (!more) await drained(out);
           continue;
         }
         if (this.state === 'done' && reader.pos >= this.written) return sent;
@@ -293,15 +311,22 @@ export class BlobFetch extends EventEmitter {
     }
   }
 
-  private fromMemory(pos: number, available: number): Buffer {
+  /** The bytes `[pos, limit)` as slices of the chunks in memory. */
+  private fromMemory(pos: number, limit: number): Buffer[] {
+    const slices: Buffer[] = [];
     let offset = this.memoryStart;
     for (const chunk of this.memory) {
-      if (pos < offset + chunk.length) {
-        return chunk.subarray(pos - offset, Math.min(chunk.length, available - offset));
+      const end = offset + chunk.length;
+      if (pos < end && offset < limit) {
+        slices.push(chunk.subarray(Math.max(pos, offset) - offset, Math.min(end, limit) - offset));
       }
-      offset += chunk.length;
+      if (end >= limit) break;
+      offset = end;
     }
-    throw new WharfError('WHARF_INTERNAL', `bytes at ${pos} of ${this.digest} are gone from memory`);
+    if (slices.length === 0) {
+      throw new WharfError('WHARF_INTERNAL', `bytes at ${pos} of ${this.digest} are gone from memory`);
+    }
+    return slices;
   }
 
   private async openForRead(): Promise<FileHandle> {

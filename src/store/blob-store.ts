@@ -4,6 +4,15 @@ import { join } from 'node:path';
 import { randomBytes, type Hash } from 'node:crypto';
 import { WharfError } from '../errors.js';
 import { hasher, parseDigest } from '../oci/digest.js';
+import { drained } from '../util/drained.js';
+
+/**
+ * Bytes a blob's file stream may hold before its writer is asked to wait. A fetch queues its
+ * chunks rather than waiting for each to reach the file: one round trip to the thread pool
+ * per chunk would cap the fetch at a chunk per event-loop turn, a turn that a herd of clients
+ * makes long.
+ */
+const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /**
  * Content-addressed blobs on disk: `blobs/<alg>/<2 hex>/<hex>`. A blob is written to `tmp/`,
@@ -45,7 +54,7 @@ export class BlobStore {
   /** Starts writing a blob that must hash to `digest`. */
   async writer(digest: string): Promise<BlobWriter> {
     const tmp = join(this.tmpDir, `${parseDigest(digest).hex.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
-    const stream = createWriteStream(tmp, { flags: 'wx' });
+    const stream = createWriteStream(tmp, { flags: 'wx', highWaterMark: WRITE_BUFFER_BYTES });
     await new Promise<void>((resolve, reject) => {
       stream.once('open', () => resolve());
       stream.once('error', reject);
@@ -92,7 +101,23 @@ export class BlobWriter {
     return this.bytes;
   }
 
-  /** Writes a chunk; resolves when it is on its way to disk (respecting back-pressure). */
+  /**
+   * Queues a chunk without waiting for it to reach the file; `done` is called, in the order
+   * of the pushes, once it has (or with the error). Returns false when the caller should
+   * wait for `drained()` before pushing more.
+   */
+  push(chunk: Buffer, done: (err?: Error | null) => void): boolean {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    return this.stream.write(chunk, done);
+  }
+
+  /** Resolves when the file stream takes more again, or has failed. */
+  drained(): Promise<void> {
+    return drained(this.stream);
+  }
+
+  /** Writes a chunk; resolves when it is in the file. */
   write(chunk: Buffer): Promise<void> {
     this.hash.update(chunk);
     this.bytes += chunk.length;
