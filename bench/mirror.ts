@@ -50,6 +50,12 @@ export async function benchMirror(options: { quick: boolean }): Promise<BenchRes
     { repo: REPO, tag: sizeLabel(sum(sizes.large)), layers: sizes.large },
   ]);
   const pool = await PullPool.start(HERD_CLIENTS);
+  // Fresh client processes make their first pull on cold code paths, a cost the mirror
+  // measured first would pay alone: one unmeasured herd straight from the origin first.
+  const warmUp = await pool.herd(HERD_CLIENTS, {
+    registry: origin.url, repo: REPO, tag: images[0]!.tag, parallel: PARALLEL,
+  });
+  if (warmUp.failures) throw new Error(`warm-up pull from the origin failed: ${warmUp.outcomes[0]?.error}`);
 
   const data: MirrorData = {
     linkBytesPerSecond: LINK_BYTES_PER_SECOND,

@@ -2,6 +2,7 @@ import { bytes, ms, rate, times } from './format.js';
 import type { OriginImage } from './origin-images.js';
 import { check, type Check, type Section } from './report.js';
 import { median } from './stats.js';
+import { CLIENT_NICE } from './pull-pool.js';
 
 /** Several clients pulling one image from one mirror at the same moment. */
 export interface PullRun {
@@ -98,6 +99,7 @@ function coldSection(data: MirrorData, checks: Check[]): Section {
       'ideal wall = image size / link rate; ideal origin traffic = one copy of the image',
       'floor = the same herd again from the warm cache: what the CPUs allow, link aside',
       `each client: manifest, then ${data.parallelPerClient} blobs at a time, sha256 checked`,
+      `clients run at nice ${CLIENT_NICE}, as if on machines of their own; both mirrors alike`,
     ],
   };
 }

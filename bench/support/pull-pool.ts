@@ -1,5 +1,11 @@
+import { setPriority } from 'node:os';
+
 import { Child } from './child.js';
+
 import type { PullJob, PullOutcome } from './pull-worker.js';
+
+/** The clients' niceness: below the mirror, the origin and the relay (see start()). */
+export const CLIENT_NICE = 10;
 
 export interface HerdRun {
   /** From the moment the jobs were sent until the last client finished. */
@@ -19,6 +25,11 @@ export class PullPool {
     const module = new URL('./pull-worker.ts', import.meta.url);
     const start = (i: number) => Child.start<PullJob, PullOutcome>(module, `puller ${i}`);
     const clients = await Promise.all(Array.from({ length: size }, (_, i) => start(i)));
+    // On a fleet the clients are other machines. Here they share the mirror's cores, and at
+    // the same priority eight hashing clients starve the relay that stands for the origin's
+    // link and the mirror itself, so a run would measure this machine's scheduler rather
+    // than the mirror. Lowered, they still get every cycle the others leave, for either mirror.
+    for (const client of clients) setPriority(client.pid, CLIENT_NICE);
     return new PullPool(clients);
   }
 
