@@ -55,7 +55,9 @@ export async function benchMirror(options: { quick: boolean }): Promise<BenchRes
   const warmUp = await pool.herd(HERD_CLIENTS, {
     registry: origin.url, repo: REPO, tag: images[0]!.tag, parallel: PARALLEL,
   });
-  if (warmUp.failures) throw new Error(`warm-up pull from the origin failed: ${warmUp.outcomes[0]?.error}`);
+  if (warmUp.failures) {
+    throw new Error(`warm-up pull from the origin failed: ${warmUp.outcomes[0]?.error}`);
+  }
 
   const data: MirrorData = {
     linkBytesPerSecond: LINK_BYTES_PER_SECOND,
