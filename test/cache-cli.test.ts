@@ -204,3 +204,34 @@ describe('wharf cache commands on a running mirror', () => {
     assert.match(stderr, /hint:/);
   });
 });
+
+describe('wharf cache ls and images pulled by digest', () => {
+  after(cleanupAll);
+
+  test('an image pulled by digest alone is listed as repository@digest', async () => {
+    const registry = await startRegistry({ logLevel: 'error' });
+    const dir = await makeTempDir('by-digest');
+    const tagged = await buildImage(join(dir, 'tagged'), { layers: [50_000], tag: 'v1' });
+    const byDigest = await buildImage(join(dir, 'byDigest'), { layers: [60_000], tag: 'v2' });
+    await pushLayout(registry.url, 'team/tagged', 'v1', tagged.dir);
+    await pushLayout(registry.url, 'team/bydigest', 'v2', byDigest.dir);
+    const data = join(dir, 'data');
+    const mirror = await startTestMirror({ upstreams: [`origin=${registry.url}`], data });
+    await get(`${mirror.url}/v2/origin/team/tagged/manifests/v1`);
+    const base = `${mirror.url}/v2/origin/team/bydigest`;
+    assert.equal((await get(`${base}/manifests/${byDigest.digest}`)).status, 200);
+    for (const b of [byDigest.config, ...byDigest.layers]) await get(`${base}/blobs/${b.digest}`);
+    await mirror.mirror.settled();
+
+    const { code, stdout } = await wharf(['cache', 'ls', '--data', data, '--json']);
+
+    assert.equal(code, 0);
+    const entries = JSON.parse(stdout) as { image: string; size: number; confirmedAt: unknown }[];
+    assert.deepEqual(entries.map((e) => e.image), [
+      'origin/team/tagged:v1',
+      `origin/team/bydigest@${byDigest.digest}`,
+    ]);
+    assert.equal(entries[1]!.size, byDigest.totalSize);
+    assert.equal(entries[1]!.confirmedAt, null);
+  });
+});

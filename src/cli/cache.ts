@@ -63,7 +63,7 @@ export function register(program: Command): void {
     .command('cache')
     .description("inspect and manage a mirror's store (works while the mirror runs)");
 
-  dataOptions(cache.command('ls').description('cached tags: digest, size, last use, pinned'))
+  dataOptions(cache.command('ls').description('cached images by tag or digest: size, last use, pinned'))
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const tags = await withStore(flags, async (index) => listTags(index));

@@ -1,13 +1,14 @@
 import type { IndexDb } from './index-db.js';
 
 export interface TagEntry {
-  /** `upstream/repo:tag` */
+  /** `upstream/repo:tag`, or `upstream/repo@digest` for an image pulled by digest alone. */
   image: string;
   digest: string;
   /** Bytes stored for the image: manifest, child manifests, configs and layers. */
   size: number;
   lastUse: number;
-  confirmedAt: number;
+  /** When the upstream last confirmed the tag; null for an image held by digest alone. */
+  confirmedAt: number | null;
   pinned: boolean;
 }
 
@@ -19,7 +20,11 @@ export interface Usage {
   byRepository: { repository: string; bytes: number; blobs: number }[];
 }
 
-/** What `wharf cache ls` shows: every cached tag with the bytes it holds and its last use. */
+/**
+ * What `wharf cache ls` shows: every cached tag, then every image held by digest alone (a
+ * manifest or index no tag points at and no index contains), with the bytes each holds and
+ * its last use.
+ */
 export function listTags(index: IndexDb): TagEntry[] {
   const pinned = index.pinnedDigests();
   const sizeOf = index.db.prepare<[string], { size: number; last: number }>(
@@ -29,17 +34,23 @@ export function listTags(index: IndexDb): TagEntry[] {
      SELECT COALESCE(SUM(b.size), 0) AS size, COALESCE(MAX(b.last_access), 0) AS last
      FROM blobs b WHERE b.digest IN (SELECT digest FROM tree)`,
   );
-  return index.tags().map((t) => {
-    const { size, last } = sizeOf.get(t.digest) ?? { size: 0, last: 0 };
-    return {
-      image: `${t.upstream}/${t.repo}:${t.tag}`,
-      digest: t.digest,
-      size,
-      lastUse: last,
-      confirmedAt: t.confirmed_at,
-      pinned: pinned.has(t.digest),
-    };
-  });
+  const entry = (image: string, digest: string, confirmedAt: number | null): TagEntry => {
+    const { size, last } = sizeOf.get(digest) ?? { size: 0, last: 0 };
+    return { image, digest, size, lastUse: last, confirmedAt, pinned: pinned.has(digest) };
+  };
+  const untagged = index.db
+    .prepare<[], { digest: string; upstream: string; repo: string }>(
+      `SELECT b.digest, r.upstream, r.repo FROM blobs b JOIN blob_repos r ON r.digest = b.digest
+       WHERE b.media_type IS NOT NULL
+         AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.digest = b.digest)
+         AND NOT EXISTS (SELECT 1 FROM refs f WHERE f.child = b.digest)
+       ORDER BY r.upstream, r.repo, b.digest`,
+    )
+    .all();
+  return [
+    ...index.tags().map((t) => entry(`${t.upstream}/${t.repo}:${t.tag}`, t.digest, t.confirmed_at)),
+    ...untagged.map((u) => entry(`${u.upstream}/${u.repo}@${u.digest}`, u.digest, null)),
+  ];
 }
 
 /** What `wharf cache du` shows. */
