@@ -10,7 +10,7 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
-import { captureLogs, upstreamName, withDockerConfig } from './support/auth.js';
+import { captureLogs, pullThrough, upstreamName, withDockerConfig } from './support/auth.js';
 import { get, startTestMirror } from './support/mirror.js';
 import { isWharfError, type WharfError } from '../src/errors.js';
 import { RegistryClient } from '../src/upstream/client.js';
@@ -72,17 +72,7 @@ describe('identity tokens from docker login are traded for bearer tokens', () =>
       const mirror = await startTestMirror({ upstreams: [origin.url], logger });
       const asked = tokens.requests.length;
 
-      const base = `${mirror.url}/v2/${upstreamName(origin)}/team/app`;
-      await withDockerConfig(dir, async () => {
-        const manifest = await get(`${base}/manifests/v1`);
-        assert.equal(manifest.status, 200, manifest.body.toString());
-        assert.deepEqual(manifest.body, image.bytes);
-        for (const blob of [image.config, ...image.layers]) {
-          const res = await get(`${base}/blobs/${blob.digest}`);
-          assert.equal(res.status, 200);
-          assert.equal(res.body.length, blob.size);
-        }
-      });
+      await withDockerConfig(dir, () => pullThrough(mirror.url, origin, image));
 
       const seen = tokens.requests.slice(asked);
       assert.ok(seen.length >= 1, 'the mirror asked the token server');

@@ -9,7 +9,7 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { startTokenServer, type TokenServer } from './helpers/token-server.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
-import { captureLogs, upstreamName } from './support/auth.js';
+import { captureLogs, pullThrough, upstreamName } from './support/auth.js';
 import { get, startTestMirror } from './support/mirror.js';
 import { silentLogger } from '../src/log.js';
 import { loadMirrorConfig } from '../src/mirror/config.js';
@@ -42,17 +42,6 @@ describe('the mirror authenticates to private upstreams', () => {
   });
   after(cleanupAll);
 
-  async function pullAll(mirrorUrl: string, reg: Registry) {
-    const base = `${mirrorUrl}/v2/${upstreamName(reg)}/team/app`;
-    const manifest = await get(`${base}/manifests/v1`);
-    assert.equal(manifest.status, 200, manifest.body.toString());
-    assert.deepEqual(manifest.body, image.bytes);
-    for (const blob of [image.config, ...image.layers]) {
-      const res = await get(`${base}/blobs/${blob.digest}`);
-      assert.equal(res.status, 200);
-      assert.equal(res.body.length, blob.size);
-    }
-  }
 
   test('basic auth with credentials from the config file works and never reaches the logs', async () => {
     const { lines, logger } = captureLogs();
@@ -61,7 +50,7 @@ describe('the mirror authenticates to private upstreams', () => {
       logger,
       tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
     });
-    await pullAll(mirror.url, basic);
+    await pullThrough(mirror.url, basic, image);
     const b64 = Buffer.from(`${USER}:${PASSWORD}`).toString('base64');
     for (const line of lines) {
       assert.ok(!line.includes(PASSWORD) && !line.includes(b64), `credential in log: ${line}`);
@@ -84,7 +73,7 @@ describe('the mirror authenticates to private upstreams', () => {
     process.env[`${prefix}_PASSWORD`] = PASSWORD;
     try {
       const mirror = await startTestMirror({ upstreams: [basic.url] });
-      await pullAll(mirror.url, basic);
+      await pullThrough(mirror.url, basic, image);
     } finally {
       delete process.env[`${prefix}_USERNAME`];
       delete process.env[`${prefix}_PASSWORD`];
@@ -100,7 +89,7 @@ describe('the mirror authenticates to private upstreams', () => {
     process.env.DOCKER_CONFIG = dir;
     try {
       const mirror = await startTestMirror({ upstreams: [basic.url] });
-      await pullAll(mirror.url, basic);
+      await pullThrough(mirror.url, basic, image);
     } finally {
       if (previous === undefined) delete process.env.DOCKER_CONFIG;
       else process.env.DOCKER_CONFIG = previous;
@@ -114,8 +103,8 @@ describe('the mirror authenticates to private upstreams', () => {
       tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: PASSWORD }),
     });
     const before = tokens.tokenRequests;
-    await pullAll(mirror.url, bearer);
-    await pullAll(mirror.url, bearer);
+    await pullThrough(mirror.url, bearer, image);
+    await pullThrough(mirror.url, bearer, image);
     const scoped = tokens.requests
       .slice(before)
       .filter((r) => r.scopes.some((s) => s.includes('team/app')));
@@ -129,7 +118,7 @@ describe('the mirror authenticates to private upstreams', () => {
     await pushLayout(anon.url, 'team/app', 'v1', image.dir, { credentials: { user: USER, password: PASSWORD } });
     const mirror = await startTestMirror({ upstreams: [anon.url] });
     const before = anonTokens.tokenRequests;
-    await pullAll(mirror.url, anon);
+    await pullThrough(mirror.url, anon, image);
     const asked = anonTokens.requests.slice(before);
     assert.ok(asked.length >= 1, 'the mirror asked the token server');
     assert.ok(asked.every((r) => !r.account), `anonymous requests only: ${JSON.stringify(asked)}`);
@@ -170,7 +159,7 @@ describe('the mirror authenticates to private upstreams', () => {
     ].join('\n'));
     const mirror = await startMirror(await loadMirrorConfig({ config: path }), silentLogger());
     registerCleanup(() => mirror.close());
-    await pullAll(mirror.url, basic);
+    await pullThrough(mirror.url, basic, image);
   });
 
   test('a redirect to blob storage is followed without the upstream credentials', async () => {
