@@ -20,11 +20,20 @@ export const PASS_THROUGH_WINDOW = 16 * 1024 * 1024;
  */
 export const MIN_READ = 512 * 1024;
 
+/**
+ * Longest a client waits for MIN_READ to build up before it is sent what there is: a slow
+ * upstream still streams, and a client's first bytes go out at once (an engine that got none
+ * before a cut-off does not report the retry it then makes).
+ */
+const MAX_HOLD_MS = 50;
+
 /** Most bytes a client is given from memory in one step before the loop looks again. */
 const MAX_STEP = 1024 * 1024;
 
 interface Reader {
   pos: number;
+  /** When it was last sent bytes (performance.now()). */
+  sentAt: number;
 }
 
 export interface FetchEvents {
@@ -258,7 +267,7 @@ export class BlobFetch extends EventEmitter {
    * the caller then breaks the client's connection.
    */
   async pipeTo(out: Writable, start = 0, end?: number): Promise<number> {
-    const reader: Reader = { pos: start };
+    const reader: Reader = { pos: start, sentAt: -Infinity };
     this.readers.add(reader);
     this.everRead = true;
     let fd: FileHandle | undefined;
@@ -272,7 +281,8 @@ export class BlobFetch extends EventEmitter {
         // The last byte asked for waits for the digest check, for a range as for the whole
         // blob: once a client has every byte it asked for, a broken connection is too late.
         const available = Math.min(this.readable, this.state === 'done' ? stop : stop - 1);
-        const batched = this.state === 'done' || available - reader.pos >= MIN_READ;
+        const batched = this.state === 'done' || available - reader.pos >= MIN_READ
+          || performance.now() - reader.sentAt >= MAX_HOLD_MS;
         if (reader.pos < available && batched) {
           let slices: Buffer[];
           let pooled: Buffer | undefined;
@@ -296,6 +306,7 @@ export class BlobFetch extends EventEmitter {
             sent += slice.length;
             more = out.write(slice, i === slices.length - 1 ? release : undefined);
           }
+          reader.sentAt = performance.now();
           if (this.writer === undefined) this.trim();
           if (!more) await drained(out);
           continue;

@@ -282,6 +282,10 @@ async function sendBlob(
     return;
   }
 
+  // Out now rather than with the first bytes: a fetch that breaks before any arrive must reach
+  // the client as a transfer cut short (which engines retry as one), not as a connection
+  // closed without an answer.
+  res.flushHeaders();
   try {
     const sent = await source.fetch.pipeTo(res, range?.start ?? 0, range?.end);
     ctx.metrics.servedBytes.inc({ source: 'fetch' }, sent);
