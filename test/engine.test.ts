@@ -128,6 +128,15 @@ describe('the pull stream is read line by line', () => {
     assert.equal(stream.retries, 2);
   });
 
+  test('a download that breaks again before any progress is a retry too', () => {
+    const stream = new PullStream('r/x:v1');
+    const line = (status: string) => `${JSON.stringify({ status, id: 'aaa' })}\n`;
+    stream.write(line('Downloading'));
+    for (const n of [5, 4, 3, 2, 1]) stream.write(line(`Retrying in ${n} seconds`));
+    for (const n of [10, 9]) stream.write(line(`Retrying in ${n} seconds`));
+    assert.equal(stream.retries, 2);
+  });
+
   test('a pull is downloading until every announced layer is downloaded or on disk', () => {
     const stream = new PullStream('r/x:v1');
     const line = (id: string, status: string) => `${JSON.stringify({ status, id })}\n`;

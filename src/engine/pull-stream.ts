@@ -106,8 +106,13 @@ export class PullStream {
       layer = { id, status, current: 0, total: 0, fetched: false, done: false };
       this.layers.set(id, layer);
     }
-    // The engine counts down `Retrying in N seconds` once a second: one retry, many lines.
-    if (status.startsWith('Retrying') && !layer.status.startsWith('Retrying')) this.retryCount++;
+    // The engine counts down `Retrying in N seconds` once a second: one retry, many lines. A
+    // download that breaks again before it reports any progress goes straight from `Retrying
+    // in 1 second` to the next, longer countdown: a count that goes up is a retry too.
+    if (status.startsWith('Retrying')) {
+      const previous = layer.status.startsWith('Retrying') ? countdown(layer.status) : undefined;
+      if (previous === undefined || countdown(status) > previous) this.retryCount++;
+    }
     layer.status = status;
     if (FETCHING.has(status)) layer.fetched = true;
     if (status === 'Downloading') {
@@ -119,6 +124,11 @@ export class PullStream {
     // A retried download starts again from zero; what counts is what finally arrived.
     if (status.startsWith('Retrying')) layer.current = 0;
   }
+}
+
+/** The N of `Retrying in N seconds`; 0 when the engine words it otherwise. */
+function countdown(status: string): number {
+  return Number(/(\d+)/.exec(status)?.[1] ?? 0);
 }
 
 /** A pull failure the engine reported, with a hint for the causes users meet most. */
