@@ -42,6 +42,8 @@ export interface FetchEvents {
    * or is served from its verified temp file, without being kept.
    */
   onPassThrough?: (err: unknown) => void;
+  /** Resolves when the blob's file may be renamed into the store (no unlink of it under way). */
+  beforeInstall?: () => Promise<void>;
 }
 
 /**
@@ -181,6 +183,7 @@ export class BlobFetch extends EventEmitter {
    */
   private async install(writer: BlobWriter): Promise<boolean> {
     try {
+      await this.events.beforeInstall?.();
       await writer.install();
       return this.writer === writer;
     } catch (err) {

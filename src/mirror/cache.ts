@@ -22,6 +22,8 @@ export class CacheManager {
   private running: Promise<EvictResult> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly busy = new Map<string, number>();
+  /** Files an eviction is unlinking now, by digest. */
+  private readonly unlinks = new Map<string, Promise<void>>();
 
   constructor(
     private readonly config: CacheConfig,
@@ -59,6 +61,25 @@ export class CacheManager {
     this.bytes += bytes;
     this.metrics.storeBytes.set(this.bytes);
     if (bytes > 0 && this.overBudget()) void this.gc();
+  }
+
+  /** Records an unlink under way; the returned function ends it. */
+  private unlinking(digest: string): () => void {
+    let end!: () => void;
+    const gone = new Promise<void>((resolve) => (end = resolve));
+    this.unlinks.set(digest, gone);
+    return () => {
+      if (this.unlinks.get(digest) === gone) this.unlinks.delete(digest);
+      end();
+    };
+  }
+
+  /**
+   * Resolves once no eviction is unlinking `digest`'s file: a fetch of it waits for this
+   * before it renames its own file into place.
+   */
+  async unlinked(digest: string): Promise<void> {
+    await this.unlinks.get(digest);
   }
 
   /** Marks a stored blob as being served; eviction leaves it alone until released. */
@@ -110,6 +131,7 @@ export class CacheManager {
     this.running = evict(this.index, this.store, {
       bytes,
       isBusy: (d) => this.busy.has(d),
+      onUnlink: (d) => this.unlinking(d),
       onEvicted: (row) => {
         this.bytes -= row.size;
         this.metrics.evictions.inc();

@@ -239,6 +239,7 @@ export class Mirror {
       try {
         writer = await this.store.writer(m.digest);
         await writer.write(m.body);
+        await this.cache.unlinked(m.digest);
         await writer.commit(m.body.length);
       } catch (err) {
         await writer?.abort().catch(() => undefined);
@@ -388,6 +389,7 @@ export class Mirror {
     if (!writer) this.cache.passThrough(log, undefined);
     const fetch = new BlobFetch(digest, res, writer, this.store.path(digest), {
       onPassThrough: (err) => this.cache.passThrough(log, err),
+      beforeInstall: () => this.cache.unlinked(digest),
     });
     const started = Date.now();
     // Held until the row is written: an eviction pass must not unlink the file this fetch

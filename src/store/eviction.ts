@@ -7,6 +7,12 @@ export interface EvictOptions {
   bytes: number;
   /** Blobs being fetched or served right now: never evicted. */
   isBusy?: (digest: string) => boolean;
+  /**
+   * Called, in the same turn as the last check, for each file about to be unlinked; the
+   * returned function is called once it is gone. A fetch of that digest installs its file
+   * only after, so an unlink queued behind other disk work cannot take a fresh file.
+   */
+  onUnlink?: (digest: string) => () => void;
   /** Rows per transaction; between batches requests get the event loop back. */
   batchSize?: number;
   /** How long, in ms, a manifest with nothing stored under it is kept after its last use. */
@@ -68,7 +74,7 @@ export async function evict(
       }
       return chosen;
     }).immediate();
-    await unlink(index, store, victims, isBusy);
+    await unlink(index, store, victims, isBusy, options.onUnlink);
     for (const row of victims) options.onEvicted?.(row);
     result.count += victims.length;
     await yieldToLoop();
@@ -82,7 +88,7 @@ export async function evict(
     for (const row of rows) index.deleteBlob(row.digest);
     return rows;
   }).immediate();
-  await unlink(index, store, orphans, isBusy);
+  await unlink(index, store, orphans, isBusy, options.onUnlink);
   for (const row of orphans) options.onEvicted?.(row);
   result.count += orphans.length;
   result.bytes += orphans.reduce((sum, r) => sum + r.size, 0);
@@ -100,10 +106,18 @@ async function unlink(
   store: BlobStore,
   rows: BlobRow[],
   isBusy: (digest: string) => boolean,
+  onUnlink: (digest: string) => () => void = () => () => undefined,
 ): Promise<void> {
   for (let i = 0; i < rows.length; i += UNLINK_CONCURRENCY) {
     const slice = rows.slice(i, i + UNLINK_CONCURRENCY);
     const gone = slice.filter((r) => !isBusy(r.digest) && index.getBlob(r.digest) === undefined);
-    await Promise.all(gone.map((r) => store.remove(r.digest)));
+    await Promise.all(gone.map(async (r) => {
+      const done = onUnlink(r.digest);
+      try {
+        await store.remove(r.digest);
+      } finally {
+        done();
+      }
+    }));
   }
 }
