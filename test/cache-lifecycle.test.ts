@@ -247,6 +247,7 @@ describe('a full disk never fails a pull', () => {
     const bodies = await Promise.all([download(url), download(url), download(url)]);
     for (const body of bodies) assert.equal(sha256(body), layer.digest);
     assert.ok((await metric(mirror.url, 'wharf_pass_through_fetches_total')) >= 1);
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
     await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
       what: 'the temp folder to be empty',
@@ -280,6 +281,7 @@ describe('a full disk never fails a pull', () => {
 
     for (const body of await bodies) assert.equal(sha256(body), layer.digest);
     assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
     await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
       what: 'the partial temp file to be removed',
@@ -310,6 +312,7 @@ describe('a full disk never fails a pull', () => {
     await mirror.mirror.settled();
     assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
     assert.equal(await metric(mirror.url, 'wharf_fetch_failures_total'), 0);
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
     await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
       what: 'the verified temp file to be removed once read',
@@ -329,6 +332,7 @@ describe('a full disk never fails a pull', () => {
     });
     origin.clearFaults();
     await pull(mirror.url, 'origin/ci/big', big);
+    await mirror.mirror.settled();
     assert.equal(mirror.mirror.index.getBlob(big.layers[0]!.digest), undefined);
     assert.ok((await metric(mirror.url, 'wharf_pass_through_fetches_total')) >= 1);
     await mirror.close();
