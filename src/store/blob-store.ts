@@ -119,10 +119,8 @@ export class BlobWriter {
 
   /** Writes a chunk; resolves when it is in the file. */
   write(chunk: Buffer): Promise<void> {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
     return new Promise((resolve, reject) => {
-      this.stream.write(chunk, (err) => (err ? reject(err) : resolve()));
+      this.push(chunk, (err) => (err ? reject(err) : resolve()));
     });
   }
 
