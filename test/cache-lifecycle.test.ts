@@ -50,6 +50,18 @@ async function bytesOnDisk(data: string): Promise<number> {
   return total;
 }
 
+/**
+ * Once the fetches have settled, the blob has no row and nothing of it is left in the temp
+ * folder: neither a partial file nor a verified one that could not be committed.
+ */
+async function expectUnstored(mirror: RunningMirror, data: string, digest: string) {
+  await mirror.mirror.settled();
+  assert.equal(mirror.mirror.index.getBlob(digest), undefined);
+  await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
+    what: 'the temp folder to be empty',
+  });
+}
+
 describe('the store stays within its budget and keeps pinned images', () => {
   let registry: Registry;
   const images: BuiltImage[] = [];
@@ -247,11 +259,7 @@ describe('a full disk never fails a pull', () => {
     const bodies = await Promise.all([download(url), download(url), download(url)]);
     for (const body of bodies) assert.equal(sha256(body), layer.digest);
     assert.ok((await metric(mirror.url, 'wharf_pass_through_fetches_total')) >= 1);
-    await mirror.mirror.settled();
-    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
-    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
-      what: 'the temp folder to be empty',
-    });
+    await expectUnstored(mirror, data, layer.digest);
     assert.equal(await bytesOnDisk(data), mirror.mirror.index.totalSize());
     await mirror.close();
   });
@@ -281,11 +289,7 @@ describe('a full disk never fails a pull', () => {
 
     for (const body of await bodies) assert.equal(sha256(body), layer.digest);
     assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
-    await mirror.mirror.settled();
-    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
-    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
-      what: 'the partial temp file to be removed',
-    });
+    await expectUnstored(mirror, data, layer.digest);
     assert.equal(await bytesOnDisk(data), 0);
     origin.clearFaults();
     await mirror.close();
@@ -309,14 +313,9 @@ describe('a full disk never fails a pull', () => {
     const bodies = await Promise.all([download(url), download(url)]);
     for (const body of bodies) assert.equal(sha256(body), layer.digest);
     // Clients have the last byte before the commit is tried.
-    await mirror.mirror.settled();
+    await expectUnstored(mirror, data, layer.digest);
     assert.equal(await metric(mirror.url, 'wharf_pass_through_fetches_total'), 1);
     assert.equal(await metric(mirror.url, 'wharf_fetch_failures_total'), 0);
-    await mirror.mirror.settled();
-    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
-    await waitUntil(async () => (await readdir(join(data, 'tmp'))).length === 0, {
-      what: 'the verified temp file to be removed once read',
-    });
     assert.equal(await bytesOnDisk(data), 0);
     origin.clearFaults();
     await mirror.close();
