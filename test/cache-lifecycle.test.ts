@@ -199,6 +199,19 @@ async function mountTmpfs(prefix: string, options: string): Promise<string> {
   return dir;
 }
 
+/** A mirror of `originUrl` with its data on a tmpfs of its own and no free-disk floor. */
+async function mirrorOnTmpfs(prefix: string, options: string, originUrl: string) {
+  const mount = await mountTmpfs(prefix, options);
+  const data = join(mount, 'data');
+  await mkdir(data);
+  const mirror = await startTestMirror({
+    upstreams: [`origin=${originUrl}`],
+    data,
+    tweak: (c) => (c.cache.minFreeDiskBytes = 0),
+  });
+  return { mount, data, mirror };
+}
+
 /** Writes into `file` until the filesystem refuses (ENOSPC); returns the bytes it took. */
 async function fillDisk(file: string): Promise<number> {
   const fd = await open(file, 'w');
@@ -265,14 +278,7 @@ describe('a full disk never fails a pull', () => {
   });
 
   test('a disk that fills up while a blob it had room for is written still serves it', async () => {
-    const mount = await mountTmpfs('tmpfs-fill', 'size=8m');
-    const data = join(mount, 'data');
-    await mkdir(data);
-    const mirror = await startTestMirror({
-      upstreams: [`origin=${origin.url}`],
-      data,
-      tweak: (c) => (c.cache.minFreeDiskBytes = 0),
-    });
+    const { mount, data, mirror } = await mirrorOnTmpfs('tmpfs-fill', 'size=8m', origin.url);
     const layer = big.layers[1]!;
     const { bavail, bsize } = await statfs(mount);
     assert.ok(bavail * bsize > 2 * layer.size, 'the free-disk check lets the blob be stored');
@@ -296,14 +302,7 @@ describe('a full disk never fails a pull', () => {
   });
 
   test('a disk that fails at the commit of a verified blob still serves every byte', async () => {
-    const mount = await mountTmpfs('tmpfs-inodes', 'size=16m,nr_inodes=64');
-    const data = join(mount, 'data');
-    await mkdir(data);
-    const mirror = await startTestMirror({
-      upstreams: [`origin=${origin.url}`],
-      data,
-      tweak: (c) => (c.cache.minFreeDiskBytes = 0),
-    });
+    const { mount, data, mirror } = await mirrorOnTmpfs('tmpfs-inodes', 'size=16m,nr_inodes=64', origin.url);
     // One inode left: the temp file gets it, the blob's prefix folder at the commit cannot.
     await fillInodes(join(mount, 'filler'), 1);
     const layer = big.layers[1]!;
