@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Agent, request } from 'undici';
+import { Agent, get, type IncomingMessage } from 'node:http';
 
 import { serve } from './child.js';
 
@@ -7,6 +7,11 @@ import { serve } from './child.js';
  * One benchmark client, in its own process: pulls an image the way a container engine does.
  * The manifest first, then the config and layers a few at a time, each blob's sha256 checked
  * as it streams and its bytes dropped, so the client holds no image in memory or on disk.
+ *
+ * On a fleet the clients are other machines; here eight of them share the mirror's two cores,
+ * so their CPU is taken from the system measured. node:http hands a body over in the socket's
+ * own buffers, where undici copies every byte into its parser's memory and out again: with it
+ * the clients spent more CPU receiving than the mirror spent serving, for either mirror.
  */
 
 export interface PullJob {
@@ -45,12 +50,7 @@ const MANIFEST_ACCEPT = [
 async function pull(job: PullJob): Promise<PullOutcome> {
   const started = performance.now();
   // A fresh pool per pull: each one starts with cold connections, for either mirror alike.
-  const agent = new Agent({
-    connections: job.parallel + 1,
-    // registry:2 may hold a waiting client a long time before the first byte of a blob.
-    headersTimeout: 600_000,
-    bodyTimeout: 120_000,
-  });
+  const agent = new Agent({ keepAlive: true, maxSockets: job.parallel + 1 });
   const outcome: PullOutcome = { ok: false, ms: 0, bytes: 0, blobs: 0 };
   try {
     const blobs = await blobsOf(job, job.tag, agent, outcome);
@@ -71,7 +71,7 @@ async function pull(job: PullJob): Promise<PullOutcome> {
     outcome.error = (err as Error).message;
   } finally {
     outcome.ms = performance.now() - started;
-    await agent.close();
+    agent.destroy();
   }
   return outcome;
 }
@@ -84,8 +84,8 @@ async function blobsOf(
   outcome: PullOutcome,
 ): Promise<Descriptor[]> {
   const url = `${job.registry}/v2/${job.repo}/manifests/${ref}`;
-  const res = await request(url, { dispatcher: agent, headers: { accept: MANIFEST_ACCEPT } });
-  const body = Buffer.from(await res.body.arrayBuffer());
+  const res = await send(url, agent, { accept: MANIFEST_ACCEPT });
+  const body = Buffer.concat(await res.toArray());
   if (res.statusCode !== 200) {
     throw new Error(`GET ${url}: ${res.statusCode} ${body.toString('utf8').slice(0, 200)}`);
   }
@@ -103,14 +103,14 @@ async function blobsOf(
 
 async function fetchBlob(job: PullJob, blob: Descriptor, agent: Agent): Promise<number> {
   const url = `${job.registry}/v2/${job.repo}/blobs/${blob.digest}`;
-  const res = await request(url, { dispatcher: agent });
+  const res = await send(url, agent);
   if (res.statusCode !== 200) {
-    const text = await res.body.text();
+    const text = Buffer.concat(await res.toArray()).toString('utf8');
     throw new Error(`GET ${url}: ${res.statusCode} ${text.slice(0, 200)}`);
   }
   const hash = createHash('sha256');
   let size = 0;
-  for await (const chunk of res.body as AsyncIterable<Buffer>) {
+  for await (const chunk of res as AsyncIterable<Buffer>) {
     hash.update(chunk);
     size += chunk.length;
   }
@@ -119,6 +119,18 @@ async function fetchBlob(job: PullJob, blob: Descriptor, agent: Agent): Promise<
     throw new Error(`${blob.digest}: got ${size} of ${blob.size} bytes hashing to ${digest}`);
   }
   return size;
+}
+
+/**
+ * A GET whose response the caller reads. Ten idle minutes fail it: registry:2 may hold a
+ * waiting client a long time before the first byte, but a benchmark must not hang.
+ */
+function send(url: string, agent: Agent, headers: Record<string, string> = {}): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = get(url, { agent, headers, timeout: 600_000 }, resolve);
+    req.on('timeout', () => req.destroy(new Error(`GET ${url}: nothing for 600 s`)));
+    req.on('error', reject);
+  });
 }
 
 serve(pull);
