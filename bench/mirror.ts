@@ -7,6 +7,7 @@ import { mirrorReport, type MirrorData, type PullRun } from './support/mirror-re
 import {
   startRegistryProxy, startWharf, type MirrorUnderTest,
 } from './support/mirrors.js';
+import { CpuMeter } from './support/cpu-time.js';
 import { pushImages, type OriginImage } from './support/origin-images.js';
 import { PeakRss } from './support/peak-rss.js';
 import { PullPool } from './support/pull-pool.js';
@@ -157,6 +158,8 @@ async function pullRun(
   await settleDisk();
   const before = relay.bytesToClient;
   const rss = await PeakRss.start(mirror.pid);
+  const mirrorCpu = await CpuMeter.start([mirror.pid]);
+  const clientCpu = await CpuMeter.start(pool.pids(clients));
   const herd = await pool.herd(clients, {
     registry: mirror.url,
     repo: mirror.repoPath(image.repo),
@@ -164,6 +167,8 @@ async function pullRun(
     parallel: PARALLEL,
   });
   const peak = await rss.stop();
+  const mirrorCpuMs = await mirrorCpu.stop();
+  const clientCpuMs = await clientCpu.stop();
   // A mirror may still be draining an origin response its client no longer reads.
   await sleep(300);
   const times = herd.outcomes.map((o) => o.ms);
@@ -176,6 +181,8 @@ async function pullRun(
     originBytes: relay.bytesToClient - before,
     peakRssBytes: peak.bytes,
     peakRssExact: peak.exact,
+    mirrorCpuMs,
+    clientCpuMs,
     failures: herd.failures,
     error: herd.outcomes.find((o) => o.error)?.error,
   };

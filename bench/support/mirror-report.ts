@@ -17,6 +17,10 @@ export interface PullRun {
   peakRssBytes: number;
   /** Whether the peak is the kernel's (VmHWM after a reset) rather than sampled. */
   peakRssExact: boolean;
+  /** CPU time the mirror process used during the run; undefined without /proc. */
+  mirrorCpuMs?: number;
+  /** CPU time the clients used together. */
+  clientCpuMs?: number;
   failures: number;
   error?: string;
 }
@@ -65,7 +69,8 @@ function coldSection(data: MirrorData, checks: Check[]): Section {
       rows.push([
         image.tag, label, ms(run.wallMs), times(run.wallMs / idealMs),
         floor ? times(run.wallMs / floor.wallMs) : '-', bytes(run.originBytes),
-        times(run.originBytes / image.pullBytes), bytes(run.peakRssBytes), failed(run),
+        times(run.originBytes / image.pullBytes), cpu(run.mirrorCpuMs), cpu(run.clientCpuMs),
+        bytes(run.peakRssBytes), failed(run),
       ]);
     }
     const wharf = runs[WHARF];
@@ -73,8 +78,8 @@ function coldSection(data: MirrorData, checks: Check[]): Section {
     if (wharf && other) {
       rows.push([
         image.tag, `${OTHER} / ${WHARF}`, '', times(other.wallMs / wharf.wallMs), '', '',
-        times(other.originBytes / wharf.originBytes),
-        times(other.peakRssBytes / wharf.peakRssBytes), '',
+        times(other.originBytes / wharf.originBytes), ratio(other.mirrorCpuMs, wharf.mirrorCpuMs),
+        '', times(other.peakRssBytes / wharf.peakRssBytes), '',
       ]);
     }
     if (wharf) {
@@ -91,8 +96,8 @@ function coldSection(data: MirrorData, checks: Check[]): Section {
     title: `cold herd: ${data.herdClients} clients pull the same image at once, ` +
       `origin link ${rate(data.linkBytesPerSecond)} shared`,
     header: [
-      'image', 'mirror', 'wall', 'x ideal', 'x floor', 'from origin', 'x image', 'peak RSS',
-      'failed',
+      'image', 'mirror', 'wall', 'x ideal', 'x floor', 'from origin', 'x image', 'mirror CPU',
+      'clients CPU', 'peak RSS', 'failed',
     ],
     rows,
     notes: [
@@ -100,6 +105,8 @@ function coldSection(data: MirrorData, checks: Check[]): Section {
       'floor = the same herd again from the warm cache: what the CPUs allow, link aside',
       `each client: manifest, then ${data.parallelPerClient} blobs at a time, sha256 checked`,
       `clients run at nice ${CLIENT_NICE}, as if on machines of their own; both mirrors alike`,
+      'CPU = user + system seconds during the run; mirror, origin, relay and clients share ' +
+        'this machine\'s cores, so the CPU a mirror spends is time its clients wait for',
     ],
   };
 }
@@ -169,6 +176,14 @@ function memorySection(data: MirrorData, checks: Check[]): Section {
       ? 'peak = VmHWM of the mirror process, reset before each run'
       : 'peak = VmRSS sampled every 25 ms (resetting VmHWM was refused)'],
   };
+}
+
+function cpu(value: number | undefined): string {
+  return value === undefined ? '-' : `${(value / 1000).toFixed(2)} s`;
+}
+
+function ratio(a: number | undefined, b: number | undefined): string {
+  return a === undefined || !b ? '' : times(a / b);
 }
 
 function failed(run: PullRun): string {

@@ -37,6 +37,11 @@ export class PullPool {
     return this.clients.length;
   }
 
+  /** The client processes' ids, the first `count` of them: those a herd of that size uses. */
+  pids(count = this.clients.length): number[] {
+    return this.clients.slice(0, count).map((c) => c.pid);
+  }
+
   /** `count` clients pull the same image at once. */
   async herd(count: number, job: PullJob): Promise<HerdRun> {
     if (count > this.clients.length) throw new Error(`pool has ${this.clients.length} clients`);
