@@ -94,6 +94,30 @@ describe('wharf cache commands on a running mirror', () => {
     assert.match(again.stderr, /not pinned/);
   });
 
+  test('pin refuses an image no upstream of the mirror serves, and names the upstreams', async () => {
+    const refused = await wharf(['cache', 'pin', 'elsewhere.example/team/beta:v1', '--data', data]);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /elsewhere\.example .*not an upstream/);
+    assert.match(refused.stderr, /origin \(http:\/\/127\.0\.0\.1:\d+\)/);
+    assert.deepEqual(mirror.mirror.index.listPins(), []);
+
+    // By the upstream's host and port, as well as by its NAME.
+    const host = new URL(mirror.mirror.config.upstreams[0]!.url).host;
+    const pinned = await wharf(['cache', 'pin', `${host}/team/beta:v1`, '--data', data]);
+    assert.equal(pinned.code, 0, pinned.stderr);
+    assert.doesNotMatch(pinned.stdout, /not checked/);
+    assert.equal((await wharf(['cache', 'unpin', `${host}/team/beta:v1`, '--data', data])).code, 0);
+  });
+
+  test('pin on a folder no mirror has started on yet records the image and says it was not checked', async () => {
+    const fresh = await makeTempDir('fresh');
+    const index = await openIndex(fresh, silentLogger());
+    index.close();
+    const pinned = await wharf(['cache', 'pin', 'elsewhere.example/team/beta:v1', '--data', fresh]);
+    assert.equal(pinned.code, 0, pinned.stderr);
+    assert.match(pinned.stdout, /not checked against upstreams/);
+  });
+
   test('verify finds a corrupted blob, quarantines it and says which; the mirror refetches it', async () => {
     const layer = images[0]!.layers[1]!;
     const path = mirror.mirror.store.path(layer.digest);

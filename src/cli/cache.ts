@@ -5,7 +5,8 @@ import { collect } from './options.js';
 import { WharfError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { freeDisk } from '../mirror/cache.js';
-import { DEFAULTS, readConfigFile } from '../mirror/config.js';
+import { DEFAULTS, readConfigFile, type UpstreamConfig } from '../mirror/config.js';
+import { Router } from '../mirror/routing.js';
 import { parseImageRef } from '../oci/reference.js';
 import { BlobStore } from '../store/blob-store.js';
 import { evict } from '../store/eviction.js';
@@ -44,6 +45,19 @@ async function withStore<T>(flags: DataFlags, fn: (index: IndexDb, store: BlobSt
     return await fn(index, new BlobStore(dir));
   } finally {
     index.close();
+  }
+}
+
+/** Throws unless the mirror would fetch `image` from one of its upstreams. */
+function checkRoutable(image: string, upstreams: UpstreamConfig[]): void {
+  try {
+    new Router(upstreams).forImage(image);
+  } catch (err) {
+    if (!(err instanceof WharfError) || err.code !== 'WHARF_UPSTREAM_UNKNOWN') throw err;
+    const names = upstreams.map((u) => `${u.name} (${u.url})`).join(', ');
+    throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `${err.message}, so it cannot be pinned`, {
+      hint: `name it by its registry or an upstream NAME of the mirror: ${names}`,
+    });
   }
 }
 
@@ -95,8 +109,17 @@ export function register(program: Command): void {
     .option('-p, --platform <os/arch>', 'keep only this platform of an index; repeatable', collect)
     .action(async (image: string, flags: DataFlags & { platform?: string[] }) => {
       parseImageRef(image);
-      await withStore(flags, async (index) => index.addPin(image, flags.platform, 'cli'));
+      const checked = await withStore(flags, async (index) => {
+        const upstreams = index.recordedUpstreams();
+        // Refused here rather than failing, unseen, at every refresh in the mirror's log.
+        if (upstreams.length) checkRoutable(image, upstreams);
+        index.addPin(image, flags.platform, 'cli');
+        return upstreams.length > 0;
+      });
       out(`pinned ${image}; a running mirror fetches it within its tagTtl\n`);
+      if (!checked) {
+        out('not checked against upstreams: no mirror has started on this data folder yet\n');
+      }
     });
 
   dataOptions(cache.command('unpin').argument('<image>', 'an image given to `wharf cache pin`'))

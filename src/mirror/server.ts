@@ -50,6 +50,7 @@ export async function startMirror(config: MirrorConfig, logger: Logger): Promise
 
   // Pins are fetched in the background: the mirror serves what it has meanwhile.
   try {
+    mirror.index.recordUpstreams(config.upstreams);
     pinner.syncConfigPins(config.cache.pins);
   } catch (err) {
     server.close();

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import type { UpstreamConfig } from '../mirror/config.js';
 
 export interface BlobRow {
   digest: string;
@@ -68,6 +69,13 @@ CREATE TABLE IF NOT EXISTS pinned_blobs (
   PRIMARY KEY (image, digest)
 );
 CREATE INDEX IF NOT EXISTS pinned_blobs_digest ON pinned_blobs (digest);
+-- The upstreams of the mirror that last started on this folder, without credentials: what
+-- \`wharf cache pin\` checks an image against.
+CREATE TABLE IF NOT EXISTS upstreams (
+  name TEXT PRIMARY KEY,
+  url TEXT NOT NULL,
+  is_default INTEGER NOT NULL
+);
 `;
 
 export interface PinRow {
@@ -176,6 +184,11 @@ export class IndexDb {
       removePinnedBlobs: db.prepare('DELETE FROM pinned_blobs WHERE image = ?'),
       addPinnedBlob: db.prepare('INSERT OR IGNORE INTO pinned_blobs (image, digest) VALUES (?, ?)'),
       listPins: db.prepare<[], PinRow>('SELECT * FROM pins ORDER BY image'),
+      clearUpstreams: db.prepare('DELETE FROM upstreams'),
+      addUpstream: db.prepare('INSERT INTO upstreams (name, url, is_default) VALUES (?, ?, ?)'),
+      upstreams: db.prepare<[], { name: string; url: string; is_default: number }>(
+        'SELECT * FROM upstreams ORDER BY name',
+      ),
       pinnedDigestsOf: db.prepare<[string], { digest: string }>(
         'SELECT digest FROM pinned_blobs WHERE image = ?',
       ),
@@ -339,6 +352,19 @@ export class IndexDb {
 
   listPins(): PinRow[] {
     return this.stmts.listPins.all();
+  }
+
+  /** Records a starting mirror's upstreams in place of the last ones; credentials are left out. */
+  recordUpstreams(upstreams: readonly UpstreamConfig[]): void {
+    this.db.transaction(() => {
+      this.stmts.clearUpstreams.run();
+      for (const u of upstreams) this.stmts.addUpstream.run(u.name, u.url, u.default ? 1 : 0);
+    })();
+  }
+
+  /** The upstreams recordUpstreams() last wrote, without credentials; empty before any. */
+  recordedUpstreams(): UpstreamConfig[] {
+    return this.stmts.upstreams.all().map((r) => ({ name: r.name, url: r.url, default: r.is_default === 1 }));
   }
 
   /** Replaces what a pin holds with what it resolves to now. */
