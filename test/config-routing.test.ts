@@ -187,6 +187,36 @@ describe('routing', () => {
     assert.equal(pin.repo, 'library/alpine');
   });
 
+  test('an upstream with a NAME of its own is also found by its host as default NAME', () => {
+    const named = new Router([
+      { name: 'hub', url: 'https://registry-1.docker.io', default: false },
+      { name: 'corp', url: 'https://registry.example.io', default: false },
+      { name: 'o', url: 'http://127.0.0.1:5101', default: false },
+    ]);
+    const cases: [string, string, string][] = [
+      ['/v2/corp/ci/build/manifests/v1', 'corp', 'ci/build'],
+      ['/v2/registry.example.io/ci/build/manifests/v1', 'corp', 'ci/build'],
+      ['/v2/127.0.0.1_5101/ci/build/manifests/v1', 'o', 'ci/build'],
+      // How `wharf ensure` names a Docker Hub image: docker.io, whatever the upstream's NAME.
+      ['/v2/docker.io/library/alpine/manifests/3.20', 'hub', 'library/alpine'],
+      ['/v2/docker.io/alpine/manifests/3.20', 'hub', 'library/alpine'],
+    ];
+    for (const [path, upstream, repo] of cases) {
+      const r = named.resolve(path, null);
+      assert.equal(r.kind === 'manifest' && r.upstream.name, upstream, path);
+      assert.equal(r.kind === 'manifest' && r.repo, repo, path);
+    }
+    assert.equal(named.forImage('127.0.0.1_5101/ci/build:v1').upstream.name, 'o');
+    assert.equal(named.forImage('docker.io/alpine').repo, 'library/alpine');
+    // A NAME wins over another upstream's host.
+    const clash = new Router([
+      { name: 'registry.example.io', url: 'https://mirror-of-it.example', default: false },
+      { name: 'real', url: 'https://registry.example.io', default: false },
+    ]);
+    const r = clash.resolve('/v2/registry.example.io/ci/build/manifests/v1', null);
+    assert.equal(r.kind === 'manifest' && r.upstream.name, 'registry.example.io');
+  });
+
   test('pins name images by registry host or by upstream name', () => {
     assert.equal(router.forImage('registry.example.io/ci/build:v1').upstream.name, 'registry.example.io');
     assert.equal(router.forImage('127.0.0.1_5001/ci/build:v1').repo, 'ci/build');

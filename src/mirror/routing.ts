@@ -3,7 +3,7 @@ import { parseDigest } from '../oci/digest.js';
 import {
   checkRepository, parseImageRef, parseManifestRef, type ManifestRef,
 } from '../oci/reference.js';
-import type { UpstreamConfig } from './config.js';
+import { defaultName, type UpstreamConfig } from './config.js';
 
 export type Route =
   | { kind: 'base' }
@@ -19,12 +19,19 @@ const TAGS = /^\/v2\/(.+)\/tags\/list$/;
 const UPLOAD = /^\/v2\/.+\/blobs\/uploads(?:\/.*)?$/;
 
 /**
- * Resolves request paths to an upstream and repository, in DESIGN.md's order: a NAME as the
- * first path component, then `?ns=`, then the default upstream. Nothing here ever yields an
+ * Resolves request paths to an upstream and repository, in DESIGN.md's order: a NAME (or the
+ * upstream's host as its default NAME) as the first path component, then `?ns=`, then the
+ * default upstream. Nothing here ever yields an
  * upstream that is not configured.
  */
 export class Router {
   private readonly byName = new Map<string, UpstreamConfig>();
+  /**
+   * NAMEs first, then each upstream's host written as its default NAME would be, and docker.io
+   * for Docker Hub: an upstream given a NAME of its own is still found by the name `wharf
+   * ensure` and `wharf warm` derive from an image's registry.
+   */
+  private readonly byPathName = new Map<string, UpstreamConfig>();
   private readonly byHost = new Map<string, UpstreamConfig>();
   /** The upstream that is Docker Hub, whatever its NAME: clients address it as docker.io. */
   private readonly hub: UpstreamConfig | undefined;
@@ -45,6 +52,13 @@ export class Router {
     }
     this.hub = this.byName.get('docker.io') ?? upstreams.find(isHub);
     this.fallback = upstreams.find((u) => u.default) ?? this.hub;
+
+    for (const [name, u] of this.byName) this.byPathName.set(name, u);
+    for (const u of upstreams) {
+      const alias = defaultName(new URL(u.url));
+      if (!this.byPathName.has(alias)) this.byPathName.set(alias, u);
+    }
+    if (this.hub && !this.byPathName.has('docker.io')) this.byPathName.set('docker.io', this.hub);
   }
 
   resolve(pathname: string, ns: string | null): Route {
@@ -74,19 +88,20 @@ export class Router {
   forImage(image: string): { upstream: UpstreamConfig; repo: string; ref: ManifestRef } {
     // An upstream NAME written as the registry ("corp/ci/build:v1") wins over host parsing.
     const first = image.slice(0, Math.max(0, image.indexOf('/')));
-    const named = this.byName.get(first);
+    const named = this.byPathName.get(first);
     const ref = named
       ? { ...parseImageRef(`wharf.invalid/${image.slice(first.length + 1)}`), registry: first }
       : parseImageRef(image);
-    const upstream = this.byRegistry(ref.registry);
+    const upstream = named ?? this.byRegistry(ref.registry);
     if (!upstream) {
       throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `registry ${ref.registry} of ${image} is not an upstream of this mirror`, {
         hint: 'add the registry to the upstreams, or name the image by an upstream NAME',
       });
     }
     let repo = ref.repository;
-    // parseImageRef adds Docker Hub's library/ only for docker.io itself.
-    if (ref.registry !== 'docker.io') repo = normalise(upstream, repo);
+    // parseImageRef adds Docker Hub's library/ only for docker.io itself, and not when the
+    // image was named by a NAME, which it never saw.
+    if (named || ref.registry !== 'docker.io') repo = normalise(upstream, repo);
     const manifestRef: ManifestRef = ref.digest
       ? { kind: 'digest', digest: ref.digest }
       : { kind: 'tag', tag: ref.tag ?? 'latest' };
@@ -107,7 +122,7 @@ export class Router {
   private pick(path: string, ns: string | null): { upstream: UpstreamConfig; repo: string } {
     const slash = path.indexOf('/');
     const first = slash > 0 ? path.slice(0, slash) : undefined;
-    const named = first === undefined ? undefined : this.byName.get(first);
+    const named = first === undefined ? undefined : this.byPathName.get(first);
     if (named) return { upstream: named, repo: path.slice(slash + 1) };
 
     if (ns !== null) {
