@@ -77,9 +77,17 @@ describe('wharf cache commands on a running mirror', () => {
 
   test('du adds up the store by repository', async () => {
     const { stdout } = await wharf(['cache', 'du', '--data', data, '--json']);
-    const du = JSON.parse(stdout) as { totalBytes: number; byRepository: { repository: string }[] };
+    const du = JSON.parse(stdout) as {
+      totalBytes: number;
+      blobs: number;
+      manifests: number;
+      byRepository: { repository: string; blobs: number; manifests: number }[];
+    };
     assert.equal(du.totalBytes, images[0]!.totalSize + images[1]!.totalSize);
     assert.deepEqual(du.byRepository.map((r) => r.repository).sort(), ['origin/team/alpha', 'origin/team/beta']);
+    // Config and two layers per image, and its manifest, counted apart as in the totals.
+    assert.deepEqual(du.byRepository.map((r) => [r.blobs, r.manifests]), [[3, 1], [3, 1]]);
+    assert.deepEqual([du.blobs, du.manifests], [6, 2]);
   });
 
   test('pin and unpin record the image for the mirror, which fetches and holds it', async () => {
@@ -92,6 +100,38 @@ describe('wharf cache commands on a running mirror', () => {
     const again = await wharf(['cache', 'unpin', 'origin/team/beta:v1', '--data', data]);
     assert.equal(again.code, 2);
     assert.match(again.stderr, /not pinned/);
+  });
+
+  test('pins lists every pin, fetched yet or not, with its platforms and what it holds', async () => {
+    const pin = (image: string, ...more: string[]) => wharf(['cache', 'pin', image, '--data', data, ...more]);
+    assert.equal((await pin('origin/team/alpha:v1', '--platform', 'linux/x86_64')).code, 0);
+    assert.equal((await pin('origin/team/nothing-yet:v9')).code, 0);
+    await mirror.pinner.refresh();
+
+    const { code, stdout } = await wharf(['cache', 'pins', '--data', data, '--json']);
+    assert.equal(code, 0);
+    const pins = JSON.parse(stdout) as { image: string; platforms: string[] | null; blobs: number; bytes: number }[];
+    assert.deepEqual(pins.map((p) => [p.image, p.platforms]), [
+      ['origin/team/alpha:v1', ['linux/amd64']],
+      ['origin/team/nothing-yet:v9', null],
+    ]);
+    assert.equal(pins[0]!.bytes, images[0]!.totalSize);
+    assert.equal(pins[1]!.blobs, 0);
+    const human = await wharf(['cache', 'pins', '--data', data]);
+    assert.match(human.stdout, /origin\/team\/nothing-yet:v9\s+all\s+cli\s+nothing yet/);
+
+    for (const image of ['origin/team/alpha:v1', 'origin/team/nothing-yet:v9']) {
+      assert.equal((await wharf(['cache', 'unpin', image, '--data', data])).code, 0);
+    }
+  });
+
+  test('pin refuses a platform that is not os/arch[/variant], and keeps the pin as it was', async () => {
+    for (const bad of ['windows', 'foo/bar/baz/qux', 'windows(10.0.20348)/amd64']) {
+      const refused = await wharf(['cache', 'pin', 'origin/team/beta:v1', '--platform', bad, '--data', data]);
+      assert.equal(refused.code, 2, bad);
+      assert.match(refused.stderr, /--platform/, bad);
+    }
+    assert.deepEqual(mirror.mirror.index.listPins(), []);
   });
 
   test('pin refuses an image no upstream of the mirror serves, and names the upstreams', async () => {
@@ -113,9 +153,18 @@ describe('wharf cache commands on a running mirror', () => {
     const fresh = await makeTempDir('fresh');
     const index = await openIndex(fresh, silentLogger());
     index.close();
-    const pinned = await wharf(['cache', 'pin', 'elsewhere.example/team/beta:v1', '--data', fresh]);
-    assert.equal(pinned.code, 0, pinned.stderr);
-    assert.match(pinned.stdout, /not checked against upstreams/);
+    for (const image of ['elsewhere.example/team/beta:v1', '127.0.0.1_5001/team/beta:v1', 'corp/team/beta']) {
+      const pinned = await wharf(['cache', 'pin', image, '--data', fresh]);
+      assert.equal(pinned.code, 0, pinned.stderr);
+      assert.match(pinned.stdout, /not checked against upstreams/);
+    }
+    const bad = await wharf(['cache', 'pin', 'corp/Team/beta', '--data', fresh]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /invalid image reference "corp\/Team\/beta"/);
+    // Against the upstreams, a NAME with a bad repository is named as the user wrote it.
+    const named = await wharf(['cache', 'pin', 'origin/Team/beta', '--data', data]);
+    assert.notEqual(named.code, 0);
+    assert.match(named.stderr, /invalid image reference "origin\/Team\/beta": bad repository/);
   });
 
   test('verify finds a corrupted blob, quarantines it and says which; the mirror refetches it', async () => {
@@ -163,8 +212,17 @@ describe('wharf cache commands on a running mirror', () => {
     const budget = images[1]!.totalSize + 1000;
     const { code, stdout } = await wharf(['cache', 'gc', '--data', data, '--max-size', String(budget)]);
     assert.equal(code, 0, stdout);
-    assert.match(stdout, /evicted \d+ blobs/);
+    assert.match(stdout, /evicted \d+ blobs?,/);
     assert.ok(mirror.mirror.index.totalSize() <= budget);
+  });
+
+  test('gc says why the store stays over a budget that pins exceed', async () => {
+    assert.equal((await wharf(['cache', 'pin', 'origin/team/beta:v1', '--data', data])).code, 0);
+    await mirror.pinner.refresh();
+    const { code, stdout } = await wharf(['cache', 'gc', '--data', data, '--max-size', '1KB']);
+    assert.equal(code, 0, stdout);
+    assert.match(stdout, /over the budget: .* pinned \(see `wharf cache pins`\)/);
+    assert.equal((await wharf(['cache', 'unpin', 'origin/team/beta:v1', '--data', data])).code, 0);
   });
 
   test("the mirror's byte count follows what gc removed from another process", async () => {

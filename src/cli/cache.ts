@@ -6,12 +6,13 @@ import { WharfError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { freeDisk } from '../mirror/cache.js';
 import { DEFAULTS, readConfigFile, type UpstreamConfig } from '../mirror/config.js';
+import { pinPlatform } from '../mirror/pinner.js';
 import { Router } from '../mirror/routing.js';
 import { parseImageRef } from '../oci/reference.js';
 import { BlobStore } from '../store/blob-store.js';
 import { evict } from '../store/eviction.js';
 import type { IndexDb } from '../store/index-db.js';
-import { listTags, usage } from '../store/inventory.js';
+import { listPins, listTags, usage } from '../store/inventory.js';
 import { INDEX_FILE, openIndex, quarantine, verifyFile } from '../store/recovery.js';
 import { formatBytes, parseSize } from '../util/units.js';
 import { formatTable } from './table.js';
@@ -47,6 +48,28 @@ async function withStore<T>(flags: DataFlags, fn: (index: IndexDb, store: BlobSt
     index.close();
   }
 }
+
+/**
+ * Checks an image as pins name it, by registry host or by an upstream NAME, when there are no
+ * upstreams to check it against.
+ */
+function checkPinSyntax(image: string): void {
+  const slash = image.indexOf('/');
+  const first = image.slice(0, Math.max(0, slash));
+  try {
+    parseImageRef(image);
+  } catch (err) {
+    // Not a registry host: perhaps an upstream NAME (`127.0.0.1_5001`, `corp`).
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(first)) throw err;
+    try {
+      parseImageRef(`wharf.invalid/${image.slice(slash + 1)}`);
+    } catch {
+      throw err;
+    }
+  }
+}
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
 
 /** Throws unless the mirror would fetch `image` from one of its upstreams. */
 function checkRoutable(image: string, upstreams: UpstreamConfig[]): void {
@@ -99,8 +122,10 @@ export function register(program: Command): void {
       out(`${formatBytes(result.totalBytes)} in ${result.blobs} blobs and ${result.manifests} manifests; ` +
         `${formatBytes(result.pinnedBytes)} pinned; ${formatBytes(result.freeDiskBytes)} free on disk\n`);
       out(formatTable(
-        ['REPOSITORY', 'SIZE', 'BLOBS'],
-        result.byRepository.map((r) => [r.repository, formatBytes(r.bytes), String(r.blobs)]),
+        ['REPOSITORY', 'SIZE', 'BLOBS', 'MANIFESTS'],
+        result.byRepository.map((r) => [
+          r.repository, formatBytes(r.bytes), String(r.blobs), String(r.manifests),
+        ]),
       ));
     });
 
@@ -108,12 +133,13 @@ export function register(program: Command): void {
     .description('keep an image in the store whatever the budget; the mirror fetches it and follows its tag')
     .option('-p, --platform <os/arch>', 'keep only this platform of an index; repeatable', collect)
     .action(async (image: string, flags: DataFlags & { platform?: string[] }) => {
-      parseImageRef(image);
+      const platforms = flags.platform?.map((p) => pinPlatform(p, '--platform'));
       const checked = await withStore(flags, async (index) => {
         const upstreams = index.recordedUpstreams();
         // Refused here rather than failing, unseen, at every refresh in the mirror's log.
         if (upstreams.length) checkRoutable(image, upstreams);
-        index.addPin(image, flags.platform, 'cli');
+        else checkPinSyntax(image);
+        index.addPin(image, platforms, 'cli');
         return upstreams.length > 0;
       });
       out(`pinned ${image}; a running mirror fetches it within its tagTtl\n`);
@@ -128,10 +154,24 @@ export function register(program: Command): void {
       const removed = await withStore(flags, async (index) => index.removePin(image));
       if (!removed) {
         throw new WharfError('WHARF_BAD_USAGE', `${image} is not pinned`, {
-          hint: 'see the pinned images with `wharf cache ls`',
+          hint: 'see the pins, as they were written, with `wharf cache pins`',
         });
       }
       out(`unpinned ${image}\n`);
+    });
+
+  dataOptions(cache.command('pins').description('pinned images, their platforms and what each holds now'))
+    .option('--json', 'print JSON')
+    .action(async (flags: DataFlags) => {
+      const pins = await withStore(flags, async (index) => listPins(index));
+      if (flags.json) return out(JSON.stringify(pins, null, 2) + '\n');
+      out(formatTable(
+        ['IMAGE', 'PLATFORMS', 'FROM', 'HOLDS'],
+        pins.map((p) => [
+          p.image, p.platforms?.join(', ') ?? 'all', p.origin,
+          p.blobs ? `${formatBytes(p.bytes)} in ${plural(p.blobs, 'blob')}` : 'nothing yet',
+        ]),
+      ));
     });
 
   dataOptions(cache.command('verify').description('rehash every blob; quarantine and name corrupt ones'))
@@ -158,11 +198,18 @@ export function register(program: Command): void {
         });
       }
       const max = parseSize(budget, '--max-size');
+      let left = { total: 0, pinned: 0 };
       const result = await withStore(flags, async (index, store) => {
         const over = index.totalSize() - max;
-        return evict(index, store, { bytes: Math.max(0, over) });
+        const evicted = await evict(index, store, { bytes: Math.max(0, over) });
+        left = { total: index.totalSize(), pinned: index.pinnedBytes() };
+        return evicted;
       });
-      out(`evicted ${result.count} blobs, ${formatBytes(result.bytes)}\n`);
+      out(`evicted ${plural(result.count, 'blob')}, ${formatBytes(result.bytes)}\n`);
+      if (left.total > max) {
+        out(`still ${formatBytes(left.total)} stored, over the budget: ${formatBytes(left.pinned)} ` +
+          'of it is pinned (see `wharf cache pins`), and manifests stay while their images are stored\n');
+      }
     });
 
   cache.addHelpText('after', `
@@ -171,6 +218,7 @@ Examples:
   wharf cache du --json
   wharf cache pin mcr.microsoft.com/windows/servercore:ltsc2022 --platform windows/amd64
   wharf cache unpin mcr.microsoft.com/windows/servercore:ltsc2022
+  wharf cache pins
   wharf cache verify
   wharf cache gc --max-size 200GB`);
 }

@@ -1,6 +1,7 @@
 import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { children, parseManifest, type Descriptor } from '../oci/manifest.js';
+import { formatPlatform, parsePlatform } from '../oci/platform.js';
 import type { IndexDb } from '../store/index-db.js';
 import type { PinSpec, UpstreamConfig } from './config.js';
 import type { Mirror } from './mirror.js';
@@ -13,6 +14,20 @@ function platformOf(d: Descriptor): string {
   const p = d.platform;
   if (!p) return 'unknown';
   return [p.os, p.architecture, p.variant].filter(Boolean).join('/');
+}
+
+/**
+ * A platform of a pin as `os/arch[/variant]`, normalised (x86_64 is amd64); anything else is
+ * refused, since an entry no index has would keep nothing and say nothing.
+ */
+export function pinPlatform(input: string, option: string): string {
+  const spec = parsePlatform(input, option);
+  if (spec.osVersion !== undefined) {
+    throw new WharfError('WHARF_BAD_USAGE', `${option}: a pin keeps platforms as os/arch[/variant], without an os.version`, {
+      hint: `write ${formatPlatform({ ...spec, osVersion: undefined })}; the pin keeps every Windows build of it`,
+    });
+  }
+  return formatPlatform(spec);
 }
 
 function wanted(d: Descriptor, platforms: string[] | undefined): boolean {
@@ -40,20 +55,22 @@ export class Pinner {
 
   /** Records the config file's pins, replacing those an earlier config had. */
   syncConfigPins(pins: PinSpec[]): void {
-    for (const pin of pins) {
+    const checked = pins.map((pin, i) => {
       try {
         this.router.forImage(pin.image);
+        const platforms = pin.platforms?.map((p) => pinPlatform(p, `cache.pin.${i}.platforms`));
+        return { image: pin.image, platforms };
       } catch (err) {
         throw new WharfError('WHARF_CONFIG_INVALID', `cache.pin: ${(err as Error).message}`, {
           hint: (err as WharfError).hint,
         });
       }
-    }
+    });
     const keep = new Set(pins.map((p) => p.image));
     for (const row of this.index.listPins()) {
       if (row.origin === 'config' && !keep.has(row.image)) this.index.removePin(row.image);
     }
-    for (const pin of pins) this.index.addPin(pin.image, pin.platforms, 'config');
+    for (const pin of checked) this.index.addPin(pin.image, pin.platforms, 'config');
   }
 
   /**

@@ -17,7 +17,20 @@ export interface Usage {
   blobs: number;
   manifests: number;
   pinnedBytes: number;
-  byRepository: { repository: string; bytes: number; blobs: number }[];
+  /** A blob verified for several repositories counts in each of them. */
+  byRepository: { repository: string; bytes: number; blobs: number; manifests: number }[];
+}
+
+export interface PinEntry {
+  /** As it was pinned: by registry host or upstream NAME. */
+  image: string;
+  /** `os/arch[/variant]` kept of an index; null for all of them. */
+  platforms: string[] | null;
+  origin: 'config' | 'cli';
+  addedAt: number;
+  /** What the pin held when the mirror last refreshed it; 0 before the first refresh. */
+  blobs: number;
+  bytes: number;
 }
 
 /**
@@ -62,8 +75,10 @@ export function usage(index: IndexDb): Usage {
     )
     .get()!;
   const byRepository = index.db
-    .prepare<[], { repository: string; bytes: number; blobs: number }>(
-      `SELECT r.upstream || '/' || r.repo AS repository, SUM(b.size) AS bytes, COUNT(*) AS blobs
+    .prepare<[], { repository: string; bytes: number; blobs: number; manifests: number }>(
+      `SELECT r.upstream || '/' || r.repo AS repository, SUM(b.size) AS bytes,
+              SUM(CASE WHEN b.media_type IS NULL THEN 1 ELSE 0 END) AS blobs,
+              SUM(CASE WHEN b.media_type IS NULL THEN 0 ELSE 1 END) AS manifests
        FROM blob_repos r JOIN blobs b ON b.digest = r.digest
        GROUP BY r.upstream, r.repo ORDER BY bytes DESC`,
     )
@@ -75,4 +90,23 @@ export function usage(index: IndexDb): Usage {
     pinnedBytes: index.pinnedBytes(),
     byRepository,
   };
+}
+
+/** What `wharf cache pins` shows: every pin, and what it holds in the store now. */
+export function listPins(index: IndexDb): PinEntry[] {
+  const held = index.db.prepare<[string], { blobs: number; bytes: number | null }>(
+    `SELECT COUNT(b.digest) AS blobs, SUM(b.size) AS bytes
+     FROM pinned_blobs p JOIN blobs b ON b.digest = p.digest WHERE p.image = ?`,
+  );
+  return index.listPins().map((pin) => {
+    const { blobs, bytes } = held.get(pin.image) ?? { blobs: 0, bytes: 0 };
+    return {
+      image: pin.image,
+      platforms: pin.platforms ? (JSON.parse(pin.platforms) as string[]) : null,
+      origin: pin.origin,
+      addedAt: pin.added_at,
+      blobs,
+      bytes: bytes ?? 0,
+    };
+  });
 }
