@@ -67,6 +67,20 @@ describe('the mirror authenticates to private upstreams', () => {
     assert.ok(!res.body.toString().includes(PASSWORD));
   });
 
+  test('with a wrong password the hint says to check the credentials, which it never quotes', async () => {
+    const wrong = 'not-the-password-7f3a';
+    const mirror = await startTestMirror({
+      upstreams: [basic.url],
+      tweak: (c) => (c.upstreams[0]!.credentials = { username: USER, password: wrong }),
+    });
+    const res = await get(`${mirror.url}/v2/${upstreamName(basic)}/team/app/manifests/v1`);
+    assert.equal(res.status, 401);
+    const body = JSON.parse(res.body.toString()) as { errors: { code: string; detail: { hint: string } }[] };
+    assert.equal(body.errors[0]!.code, 'UNAUTHORIZED');
+    assert.match(body.errors[0]!.detail.hint, /check the username and password configured/);
+    assert.ok(!res.body.toString().includes(wrong));
+  });
+
   test('credentials come from environment variables named after the upstream', async () => {
     const prefix = `WHARF_${upstreamName(basic).toUpperCase().replace(/[^A-Z0-9]+/g, '_')}`;
     process.env[`${prefix}_USERNAME`] = USER;

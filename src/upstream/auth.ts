@@ -39,6 +39,8 @@ export class Authenticator {
   private readonly pending = new Map<string, Promise<string>>();
   private scheme: 'none' | 'basic' | 'bearer' = 'none';
   private lastChallenge: Challenge | undefined;
+  /** Set once a basic challenge was answered with a username and password. */
+  private basicWithCredentials = false;
 
   constructor(
     private readonly upstream: string,
@@ -46,6 +48,14 @@ export class Authenticator {
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
   ) {}
+
+  /**
+   * Whether a refusal from the registry itself (not its token server) came despite
+   * credentials: wrong ones, or an account without access, rather than none.
+   */
+  get refusedCredentials(): boolean {
+    return this.scheme === 'basic' && this.basicWithCredentials;
+  }
 
   /** The Authorization header to send up front for a scope, when one is known to be needed. */
   async headerFor(scope: string): Promise<string | undefined> {
@@ -82,6 +92,7 @@ export class Authenticator {
         );
       }
       const value = creds ? basicHeader(creds) : undefined;
+      this.basicWithCredentials = value !== undefined;
       return value === sent ? undefined : value;
     }
     if (challenge.scheme !== 'bearer' || !challenge.params.realm) return undefined;

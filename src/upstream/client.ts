@@ -227,8 +227,11 @@ export class RegistryClient {
   private check(res: Dispatcher.ResponseData, repo: string, what: string): void {
     if (res.statusCode >= 200 && res.statusCode < 300) return;
     const code = statusCode(res.statusCode);
-    const hint =
-      code === 'WHARF_UPSTREAM_UNAUTHORIZED' || code === 'WHARF_UPSTREAM_DENIED'
+    const refused = code === 'WHARF_UPSTREAM_UNAUTHORIZED' || code === 'WHARF_UPSTREAM_DENIED';
+    const hint = refused && this.auth.refusedCredentials
+      ? `check the username and password configured for upstream ${this.name}, and that the ` +
+        `account may pull ${repo}`
+      : refused
         ? `configure credentials for upstream ${this.name} that may pull ${repo}`
         : code === 'WHARF_UPSTREAM_TOO_MANY_REQUESTS'
           ? 'the upstream rate-limits this mirror; authenticate or wait'
