@@ -294,6 +294,25 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.equal(flag.code, 2);
     assert.match((flag.json.error as { message: string }).message, /--mirror/);
   });
+
+  test('a --mirror without a scheme is quoted back with the form to write it in', async () => {
+    const out = await ensure('alpine:3', { mirror: 'mirror.internal:5000' });
+
+    assert.equal(out.code, 2);
+    const error = out.json.error as { code: string; message: string; hint: string };
+    assert.equal(error.code, 'WHARF_BAD_USAGE');
+    assert.match(error.message, /^--mirror: "mirror\.internal:5000" /);
+    assert.match(error.hint, /http:\/\/HOST:PORT/);
+    assert.match(error.hint, /http:\/\/mirror\.internal:5000/);
+  });
+
+  test('a --mirror with credentials is refused without repeating them', async () => {
+    const out = await ensure('alpine:3', { mirror: 'ci:hunter2@mirror.internal:5000' });
+
+    assert.equal(out.code, 2);
+    assert.equal((out.json.error as { code: string }).code, 'WHARF_BAD_USAGE');
+    assert.ok(!out.stdout.includes('hunter2') && !out.stderr.includes('hunter2'), out.stdout);
+  });
 });
 
 /** Manifest and blob GETs the mirror served, from its metrics. */

@@ -40,11 +40,18 @@ export function originUrl(registry: string): string {
 
 /** Checks `--mirror`: an http(s) URL of a registry root, nothing else in it. */
 export function parseMirrorUrl(text: string, option = '--mirror'): URL {
+  const given = JSON.stringify(withoutCredentials(text));
+  // `HOST:PORT` parses as a URL whose scheme is the host, so it is caught before parsing.
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${given} has no http:// or https://`, {
+      hint: `write the mirror as http://HOST:PORT, e.g. http://${withoutCredentials(text)}`,
+    });
+  }
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${JSON.stringify(text)} is not a URL`, {
+    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${given} is not a URL`, {
       hint: 'write the mirror as http://HOST:PORT, e.g. http://mirror.internal:5000',
     });
   }
@@ -54,12 +61,17 @@ export function parseMirrorUrl(text: string, option = '--mirror'): URL {
         : url.pathname !== '/' || url.search ? 'has a path; the engine pulls only from a root'
           : undefined;
   if (problem) {
-    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${url.protocol}//${url.host} ${problem}`, {
+    throw new WharfError('WHARF_BAD_USAGE', `${option}: ${given} ${problem}`, {
       hint: 'write the mirror as http://HOST:PORT; set its credentials in ' +
         'WHARF_MIRROR_USERNAME and WHARF_MIRROR_PASSWORD',
     });
   }
   return url;
+}
+
+/** The text of a URL with any `user:password@` taken out, fit for an error message. */
+function withoutCredentials(text: string): string {
+  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/@]*@/i, '$1');
 }
 
 export interface SourceOptions {
