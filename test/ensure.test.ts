@@ -286,6 +286,18 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.match(out.stdout, /pulled from mirror in [0-9.]+ s/);
   });
 
+  test('without --json an image already there is said to be local, as --json says', async () => {
+    const { mirror, name } = await world('ci/line-local');
+    assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+
+    const out = await ensure(name, { mirror: mirror.url, json: false });
+    const json = await ensure(name, { mirror: mirror.url });
+
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(json.json.source, 'local');
+    assert.match(out.stdout, /^\S+ sha256:\S+ local in [0-9.]+ s\n$/);
+  });
+
   test('bad usage exits 2 and names the flag', async () => {
     const out = await ensure('Not A Reference', {});
     assert.equal(out.code, 2);

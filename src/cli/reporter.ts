@@ -42,14 +42,17 @@ export function createReporter(options: ReporterOptions): Reporter {
 
 const short = (digest: string) => (digest.length > 19 ? `${digest.slice(0, 19)}…` : digest);
 
-/** `wharf ensure`'s line: what, which digest, from where, how long. */
+/**
+ * `wharf ensure`'s line: what, which digest, from where, how long. Where it came from is said
+ * with the word `--json` puts in `source`, so a log and a script read the same outcome.
+ */
 export function ensureLine(r: EnsureResult): string {
   const what = `${r.image} ${short(r.digest)}`;
   const platform = r.platform ? ` [${r.platform}]` : '';
-  if (r.source === 'local') return `${what}${platform} present, ${r.seconds.toFixed(2)} s`;
+  if (r.source === 'local') return `${what}${platform} local in ${r.seconds.toFixed(2)} s`;
   if (r.source === 'stale-local') {
     const why = r.stale?.message ?? 'no registry answered';
-    return `${what}${platform} STALE local copy kept (${why})`;
+    return `${what}${platform} stale-local: kept the engine's copy (${why})`;
   }
   return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s ` +
     `(${formatBytes(r.bytes)})`;
