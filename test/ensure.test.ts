@@ -193,6 +193,21 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.ok(stale.json.stale);
   });
 
+  test('with both down, the hint offers the copy on the engine without calling it older',
+    async () => {
+      const { origin, mirror, name } = await world('ci/both-down-unknown-age');
+      assert.equal((await ensure(name, { mirror: mirror.url })).code, 0);
+      await Promise.all([origin.stop(), mirror.close()]);
+
+      const out = await ensure(name, { mirror: mirror.url });
+
+      assert.equal(out.code, 1);
+      const hint = (out.json.error as { hint: string }).hint;
+      assert.match(hint, /copy .*on the engine/);
+      assert.match(hint, /--allow-stale/);
+      assert.doesNotMatch(hint, /older|newer|outdated/);
+    });
+
   test('a tag that moved to an image no source can deliver is stale at the local digest',
     async () => {
       const { dir, origin, mirror, name, image } = await world('ci/moved-unpullable');

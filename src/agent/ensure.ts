@@ -35,7 +35,7 @@ export interface EnsureOptions {
   mirror?: URL;
   /** `--platform`: overrides the engine's os, architecture or Windows build. */
   platform?: PlatformSpec;
-  /** Accept an older local copy when neither the mirror nor the origin answers. */
+  /** Accept the copy on the engine, unchecked, when neither the mirror nor the origin answers. */
   allowStale?: boolean;
   stallMs?: number;
   stallRetries?: number;
@@ -146,7 +146,9 @@ export async function ensureImage(
     emit({ type: 'ensured', result: out });
     return out;
   };
-  if (!resolved) return staleOrThrow(image, local, sources, failures, options, result);
+  if (!resolved) {
+    return staleOrThrow(image, { local, tagResolved: false }, sources, failures, options, result);
+  }
   if (resolved.source) {
     emit({ type: 'resolved', image: name, digest: resolved.digest, via: resolved.source.kind,
       ms: Math.round(resolveMs) });
@@ -190,7 +192,7 @@ export async function ensureImage(
       onFailure(failures.at(-1)!);
     }
   }
-  return staleOrThrow(image, local, sources, failures, options, result);
+  return staleOrThrow(image, { local, tagResolved: true }, sources, failures, options, result);
 }
 
 async function pullFrom(
@@ -267,13 +269,21 @@ async function tagAndCheck(
 type ResultFn = (source: EnsureSource, found: ImageInspect, extra: Partial<EnsureResult>) =>
   EnsureResult;
 
+/** What was known before every source failed. */
+interface Found {
+  /** The engine's copy. */
+  local: ImageInspect | null;
+  /** A registry said which digest the tag names now. */
+  tagResolved: boolean;
+}
+
 /**
- * Neither the mirror nor the origin gave the image. With `--allow-stale`, an older local copy
- * is accepted and the result says so; a tag the origin says does not exist never is.
+ * Neither the mirror nor the origin gave the image. With `--allow-stale`, the local copy is
+ * accepted and the result says so; a tag the origin says does not exist never is.
  */
 function staleOrThrow(
   image: ImageRef,
-  local: ImageInspect | null,
+  { local, tagResolved }: Found,
   sources: Source[],
   failures: SourceFailure[],
   options: EnsureOptions,
@@ -297,11 +307,22 @@ function staleOrThrow(
   const hint = originSaidNo
     ? last.hint
     : local && !options.allowStale
-      ? 'an older copy is on the engine; --allow-stale accepts it when no registry answers'
+      ? localCopyHint(tagResolved)
       : last.hint;
   throw new WharfError(last.code, `could not make ${name} present (${each})`, {
     hint,
     cause: last,
     detail: { image: name, sources: failures.map((f) => f.source.kind) },
   });
+}
+
+/**
+ * Offers the copy on the engine without calling it older: its age is not known, only whether
+ * a registry said what the tag names now before the pulls failed.
+ */
+function localCopyHint(tagResolved: boolean): string {
+  const state = tagResolved
+    ? 'the tag names an image that could not be pulled'
+    : 'no registry could say whether the tag still names it';
+  return `a copy is on the engine, but ${state}; pass --allow-stale to use that copy`;
 }

@@ -130,7 +130,7 @@ export function register(program: Command): void {
       'tcp://HOST:PORT (default: $DOCKER_HOST, else the platform\'s socket or pipe)')
     .option('--platform <platform>', 'os/arch[/variant], or windows(10.0.BUILD)/amd64 for a ' +
       'Windows build (default: the engine\'s)')
-    .option('--allow-stale', 'accept an older local copy when neither mirror nor origin answers')
+    .option('--allow-stale', 'use the copy on the engine when neither mirror nor origin answers')
     .option('--stall-timeout <duration>', 'restart a pull whose downloads made no progress ' +
       'this long (extracting may take ten times as long)',
       `${ENSURE_DEFAULTS.stallMs / 1000}s`)
