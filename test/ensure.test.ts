@@ -3,9 +3,16 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import { Agent } from 'undici';
+import { ensureImage } from '../src/agent/ensure.js';
+import type { EnsureResult } from '../src/agent/events.js';
 import { upstreamName } from '../src/agent/sources.js';
 import { runEnsure, type EnsureFlags } from '../src/cli/ensure.js';
+import { createReporter } from '../src/cli/reporter.js';
+import { parseEngineAddress } from '../src/engine/address.js';
+import { DockerEngine } from '../src/engine/client.js';
 import type { RunningMirror } from '../src/mirror/server.js';
+import { formatBytes } from '../src/util/units.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
 import { startFaultyOrigin } from './helpers/faulty-origin.js';
 import { buildImage, buildIndex } from './helpers/images.js';
@@ -311,6 +318,44 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     assert.equal(out.code, 0, out.stderr);
     assert.equal(json.json.source, 'local');
     assert.match(out.stdout, /^\S+ sha256:\S+ local in [0-9.]+ s\n$/);
+  });
+
+  test('in a log, progress lines give the bytes pulled so far, never 0 B of 0 B', async () => {
+    const dir = await makeTempDir('ensure-progress');
+    const registry = await startRegistry({ logLevel: 'error' });
+    const origin = await startFaultyOrigin(registry.url);
+    const image = await buildImage(join(dir, 'v1'), { layers: [1_000_000], tag: 'v1' });
+    await pushLayout(registry.url, 'ci/progress', 'v1', image.dir);
+    // About two seconds of download, so that a line every 300 ms sees it move.
+    origin.slowBlob(image.layers[0]!.digest, 500_000);
+    const stdout = new PassThrough();
+    const stderr = new PassThrough();
+    let out = '';
+    let err = '';
+    stdout.on('data', (c: Buffer) => (out += c.toString()));
+    stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const reporter = createReporter({ json: false, stdout, stderr, bars: false,
+      progressLineMs: 300 });
+    const engine = new DockerEngine(parseEngineAddress(dockerd.host));
+    const dispatcher = new Agent();
+
+    let result: EnsureResult;
+    try {
+      result = await ensureImage(`${origin.host}/ci/progress:v1`, { engine, dispatcher,
+        onEvent: (e) => reporter.event(e) });
+      reporter.ensured(result);
+    } finally {
+      reporter.close();
+      await Promise.all([engine.close(), dispatcher.close()]);
+    }
+
+    const progress = err.split('\n').filter((l) => / from origin$/.test(l));
+    assert.ok(progress.length >= 1, err);
+    for (const line of progress) {
+      assert.match(line, /: [1-9][0-9.]* [KMG]?B( of [1-9][0-9.]* [KMG]?B)? from origin$/);
+    }
+    assert.ok(result.bytes >= image.layers[0]!.size);
+    assert.ok(out.includes(`(${formatBytes(result.bytes)})`), out);
   });
 
   test('bad usage exits 2 and names the flag', async () => {

@@ -34,7 +34,15 @@ export interface ReporterOptions {
    * at the end.
    */
   stream?: boolean;
+  /** Without bars, how often a pull in progress gets a line, ms. */
+  progressLineMs?: number;
 }
+
+/** Defaults of the reporters, in one place with their units. */
+export const REPORTER_DEFAULTS = {
+  /** In a log, one line this often per image says a pull is alive without flooding, ms. */
+  progressLineMs: 10_000,
+};
 
 export function createReporter(options: ReporterOptions): Reporter {
   return options.json ? new JsonReporter(options) : new HumanReporter(options);
@@ -54,8 +62,9 @@ export function ensureLine(r: EnsureResult): string {
     const why = r.stale?.message ?? 'no registry answered';
     return `${what}${platform} stale-local: kept the engine's copy (${why})`;
   }
-  return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s ` +
-    `(${formatBytes(r.bytes)})`;
+  // The engine reports no bytes for layers it had already; "(0 B)" would read as a failure.
+  const bytes = r.bytes > 0 ? ` (${formatBytes(r.bytes)})` : '';
+  return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s${bytes}`;
 }
 
 export function cycleTable(report: CycleReport): string {
@@ -108,7 +117,11 @@ class HumanReporter implements Reporter {
         if (this.multi) {
           const payload = { image: e.image, done: '0 B', size: '?', source: e.source };
           this.bars.set(e.image, this.multi.create(1, 0, payload));
-        } else this.say(`${e.image}: pulling from ${e.source} (${e.ref})`);
+        } else {
+          this.say(`${e.image}: pulling from ${e.source} (${e.ref})`);
+          // The line just said the pull started; the first count is worth a line only later.
+          this.lastLine.set(e.image, Date.now());
+        }
         break;
       case 'pull-progress':
         this.progress(e.image, e.bytes, e.total, e.source);
@@ -147,18 +160,24 @@ class HumanReporter implements Reporter {
     }
   }
 
+  /**
+   * The engine announces layers before it knows their sizes, and counts only those it
+   * downloads: until it has counted something there are no bytes to tell.
+   */
   private progress(image: string, bytes: number, total: number, source: string): void {
+    const size = total > 0 && total >= bytes ? formatBytes(total) : undefined;
     const bar = this.bars.get(image);
     if (bar) {
       bar.setTotal(Math.max(total, bytes, 1));
-      bar.update(bytes, { done: formatBytes(bytes), size: formatBytes(total), source });
+      bar.update(bytes, { done: formatBytes(bytes), size: size ?? '?', source });
       return;
     }
-    // In a log, one line every ten seconds per image says it is alive without flooding.
+    if (bytes === 0) return;
     const now = Date.now();
-    if (now - (this.lastLine.get(image) ?? 0) < 10_000) return;
+    const every = this.options.progressLineMs ?? REPORTER_DEFAULTS.progressLineMs;
+    if (now - (this.lastLine.get(image) ?? 0) < every) return;
     this.lastLine.set(image, now);
-    this.say(`${image}: ${formatBytes(bytes)} of ${formatBytes(total)} from ${source}`);
+    this.say(`${image}: ${formatBytes(bytes)}${size ? ` of ${size}` : ''} from ${source}`);
   }
 
   private dropBar(image: string): void {
