@@ -141,7 +141,7 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     faulty.cutBlob(layer, 100_000);
     const name = `${origin.host}/ci/mirror-pull-fails:v1`;
 
-    const out = await ensure(name, { mirror: mirror.url }, { WHARF_LOG_LEVEL: 'warn' });
+    const out = await ensure(name, { mirror: mirror.url }, { WHARF_LOG_LEVEL: 'info' });
 
     assert.equal(out.code, 0, out.stdout + out.stderr);
     assert.equal(out.json.source, 'origin');

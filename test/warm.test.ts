@@ -240,6 +240,38 @@ describe('wharf warm keeps the listed images on the engine', () => {
     assert.match(row!, new RegExp(`^${name.replace(/[.:/]/g, '\\$&')}\\s+sha256:\\S+\\s+pulled`));
   });
 
+  test('each failure is told once, in plain lines, and as JSON only with --json', async () => {
+    const dir = await makeTempDir('warm-failure-once');
+    const origin = await startRegistry({ logLevel: 'error' });
+    const mirror = await startTestMirror({ upstreams: [origin.url] });
+    const name = `${origin.host}/warm/nowhere:v1`;
+    const config = await configFile(dir, { mirror: mirror.url, images: [name], retries: 0 });
+
+    const plain = warm({ config, once: true });
+    assert.equal(await plain.code, 1, plain.err());
+    const json = warm({ config, once: true, json: true });
+    assert.equal(await json.code, 1, json.err());
+
+    const lines = plain.err().split('\n');
+    assert.ok(!lines.some((l) => l.startsWith('{')), plain.err());
+    assert.equal(lines.filter((l) => l.includes('origin resolve failed')).length, 1, plain.err());
+    assert.equal(json.err(), '', 'the failures travel as events on stdout');
+    assert.equal(json.events().filter((e) => e.event === 'source-failed').length, 2);
+  });
+
+  test('a warning that is no event reaches a log as a plain line', async () => {
+    const dir = await makeTempDir('warm-warning-plain');
+    // With no engine to list images, pruning can only warn; the image fails on its own row.
+    const config = await configFile(dir, { images: ['registry.invalid/warm/x:v1'], retries: 0,
+      removeUnusedAfter: '1d' });
+
+    const run = warm({ config, once: true, engine: `unix://${dir}/no-engine.sock` });
+
+    assert.equal(await run.code, 1, run.err());
+    assert.match(run.err(), /^warning: prune failed \(err: .+\)$/m);
+    assert.ok(!run.err().split('\n').some((l) => l.startsWith('{')), run.err());
+  });
+
   // The next two remove every image no list names, so they come last in this file.
   test('unlisted images unused for removeUnusedAfter go; those in use stay', async () => {
     const dir = await makeTempDir('warm-unused');

@@ -119,7 +119,8 @@ export async function ensureImage(
   });
   const failures: SourceFailure[] = [];
   const onFailure = (f: SourceFailure) => {
-    logger.warn({ image: name, source: f.source.kind, err: f.error.message }, `${f.phase} failed`);
+    // The event is how a failure reaches the user, once; a warn here would tell it twice.
+    logger.info({ image: name, source: f.source.kind, err: f.error.message }, `${f.phase} failed`);
     emit({ type: 'source-failed', image: name, source: f.source.kind, phase: f.phase,
       error: summarize(f.error) });
   };

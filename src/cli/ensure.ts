@@ -91,7 +91,7 @@ export async function runEnsure(
   }
 
   const level = io.env.WHARF_LOG_LEVEL ?? 'silent';
-  const logger = createLogger({ level, destination: io.stderr });
+  const logger = createLogger({ level, destination: reporter.logDestination() });
   const dispatcher = new Agent({ connect: { timeout: 10_000 }, headersTimeout: 30_000 });
   try {
     const result = await ensureImage(checked.image, {

@@ -1,5 +1,6 @@
-import { formatTable } from './table.js';
+import { Writable } from 'node:stream';
 import cliProgress from 'cli-progress';
+import { formatTable } from './table.js';
 import type { WharfError } from '../errors.js';
 import {
   summarize,
@@ -18,6 +19,8 @@ export interface Reporter {
   ensured(result: EnsureResult): void;
   failed(image: string, err: WharfError, seconds: number): void;
   cycle(report: CycleReport): void;
+  /** Where the command's pino logger writes, so its lines take the reporter's form. */
+  logDestination(): NodeJS.WritableStream;
   close(): void;
 }
 
@@ -65,6 +68,31 @@ export function ensureLine(r: EnsureResult): string {
   // The engine reports no bytes for layers it had already; "(0 B)" would read as a failure.
   const bytes = r.bytes > 0 ? ` (${formatBytes(r.bytes)})` : '';
   return `${what}${platform} pulled from ${r.source} in ${r.seconds.toFixed(2)} s${bytes}`;
+}
+
+const LOG_LEVELS: Record<number, string> = {
+  10: 'trace', 20: 'debug', 30: 'info', 40: 'warning', 50: 'error', 60: 'fatal',
+};
+
+/** A pino line as a person reads it: `warning: prune failed (err: ...)`. */
+export function plainLogLine(line: string): string {
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line;
+  }
+  const { level, time: _time, msg, ...data } = entry;
+  const fields = Object.entries(data).map(([key, value]) => `${key}: ${plainValue(value)}`);
+  const label = LOG_LEVELS[level as number] ?? 'log';
+  return `${label}: ${String(msg)}` + (fields.length > 0 ? ` (${fields.join(', ')})` : '');
+}
+
+function plainValue(value: unknown): string {
+  if (typeof value === 'string') return value;
+  // pino serializes an Error with its stack; a log line wants the message.
+  if (value && typeof value === 'object' && 'message' in value) return String(value.message);
+  return JSON.stringify(value);
 }
 
 export function cycleTable(report: CycleReport): string {
@@ -208,6 +236,21 @@ class HumanReporter implements Reporter {
     else this.options.stdout.write(cycleTable(report));
   }
 
+  /**
+   * Log lines in plain words, and through `say` so that they land above the bars rather than
+   * through them. pino writes one whole line per call.
+   */
+  logDestination(): NodeJS.WritableStream {
+    return new Writable({
+      write: (chunk: Buffer, _encoding, done) => {
+        for (const line of chunk.toString().split('\n')) {
+          if (line.trim()) this.say(plainLogLine(line));
+        }
+        done();
+      },
+    });
+  }
+
   close(): void {
     this.multi?.stop();
   }
@@ -247,6 +290,11 @@ class JsonReporter implements Reporter {
 
   cycle(): void {
     // The cycle's table travels as the `cycle-end` event.
+  }
+
+  logDestination(): NodeJS.WritableStream {
+    // Scripts that asked for JSON get the log as JSON too, apart from the results on stdout.
+    return this.options.stderr;
   }
 
   close(): void {}

@@ -79,7 +79,8 @@ export async function runWarm(
     return exitCodeFor(error);
   }
 
-  const logger = createLogger({ level: io.env.WHARF_LOG_LEVEL ?? 'warn', destination: io.stderr });
+  const logger = createLogger({ level: io.env.WHARF_LOG_LEVEL ?? 'warn',
+    destination: reporter.logDestination() });
   const dispatcher = new Agent({ connect: { timeout: 10_000 }, headersTimeout: 30_000 });
   const warmer = new Warmer({
     config,
