@@ -89,6 +89,22 @@ describe('the mirror under faults and bad input', () => {
     assert.equal(sha256(again.body), layer.digest);
   });
 
+  test('an origin sending an empty body for a digest gets no complete-looking empty blob through', async () => {
+    const other = await buildImage(join(await makeTempDir('img'), 'empty'), { layers: [300_000], tag: 'v1' });
+    await pushLayout(registry.url, 'ci/empty', 'v1', other.dir);
+    const layer = other.layers[0]!;
+    origin.emptyBlob(layer.digest, { times: 1 });
+    const url = `${mirror.url}/v2/origin/ci/empty/blobs/${layer.digest}`;
+
+    // With no byte to hold back, the headers themselves wait for the digest check.
+    const res = await get(url);
+    assert.notEqual(res.status, 200, 'an empty body for a non-empty digest must not be a 200');
+    assert.equal(res.status, 502);
+    assert.equal(mirror.mirror.index.getBlob(layer.digest), undefined);
+    const again = await download(url);
+    assert.equal(sha256(again.body), layer.digest);
+  });
+
   test('a range of a blob still being fetched is completed only once the blob verified', async () => {
     const other = await buildImage(join(await makeTempDir('img'), 'ranged'), { layers: [1_000_000], tag: 'v1' });
     await pushLayout(registry.url, 'ci/ranged', 'v1', other.dir);

@@ -104,6 +104,12 @@ export class BlobFetch extends EventEmitter {
     return this.writer === undefined;
   }
 
+  /** Resolves once the blob is verified; rejects with the reason the fetch failed. */
+  async verified(): Promise<void> {
+    while (this.state === 'running') await once(this, 'progress');
+    if (this.failure) throw this.failure;
+  }
+
   /** Whether a client wanting bytes from `pos` on can still be served by this fetch. */
   canServeFrom(pos: number): boolean {
     if (this.state === 'failed') return false;
@@ -278,7 +284,10 @@ export class BlobFetch extends EventEmitter {
       let sent = 0;
       for (;;) {
         const stop = end ?? (this.state === 'done' ? this.written : this.size ?? Infinity);
-        if (reader.pos >= stop) return sent;
+        // Up to the blob's end, the last byte waits for the digest check; a blob announced
+        // empty has none to hold back, so its end itself waits.
+        const toBlobEnd = end === undefined || end === this.size;
+        if (reader.pos >= stop && (this.state === 'done' || !toBlobEnd)) return sent;
         if (this.failure) throw this.failure;
         if (out.destroyed) return sent;
         // The last byte asked for waits for the digest check, for a range as for the whole

@@ -257,6 +257,9 @@ async function sendBlob(
   upstream: UpstreamConfig,
   ctx: Context,
 ): Promise<void> {
+  // An empty body is complete as soon as its headers arrive: with no last byte to hold back
+  // until the digest check, the headers wait for it (and a wrong blob gets an error instead).
+  if (source.kind === 'fetch' && source.size === 0) await source.fetch.verified();
   const range = parseRange(req.headers.range, source.size);
   const headers: Record<string, string | number> = {
     ...API_VERSION,

@@ -36,6 +36,8 @@ export interface FaultyOrigin {
   cutBlob(digest: string, afterBytes: number, options?: FaultOptions): void;
   /** Sends the blob's full length with every byte inverted. */
   corruptBlob(digest: string, options?: FaultOptions): void;
+  /** Answers the blob's GET with 200 and `Content-Length: 0`, as a registry that lost its file. */
+  emptyBlob(digest: string, options?: FaultOptions): void;
   /** Sends the blob at this rate (each response on its own). */
   slowBlob(digest: string, bytesPerSecond: number, options?: FaultOptions): void;
   /** Answers matching requests with `status` and an OCI error body, instead of forwarding. */
@@ -54,6 +56,7 @@ export interface FaultyOrigin {
 type BlobFault =
   | { kind: 'cut'; afterBytes: number; left: number }
   | { kind: 'corrupt'; left: number }
+  | { kind: 'empty'; left: number }
   | { kind: 'slow'; bytesPerSecond: number; left: number };
 
 interface RequestFault {
@@ -121,8 +124,17 @@ export async function startFaultyOrigin(targetUrl: string): Promise<FaultyOrigin
       agent,
     }, (upRes) => {
       record.status = upRes.statusCode ?? 0;
+      const fault = digest && record.status < 300 && req.method === 'GET' ? takeFault(digest) : undefined;
+      if (fault?.kind === 'empty') {
+        upRes.destroy();
+        res.writeHead(record.status, {
+          'content-type': 'application/octet-stream',
+          'content-length': 0,
+          'docker-content-digest': digest!,
+        });
+        return void res.end();
+      }
       res.writeHead(record.status, upRes.statusMessage, upRes.rawHeaders);
-      const fault = digest && record.status < 300 ? takeFault(digest) : undefined;
       void relayBody(upRes, res, record, digest, fault);
     });
     upstream.on('error', () => {
@@ -222,6 +234,9 @@ export async function startFaultyOrigin(targetUrl: string): Promise<FaultyOrigin
     blobBytesSent: (digest) => blobBytes.get(digest) ?? 0,
     cutBlob: (digest, afterBytes, options) => {
       blobFaults.set(digest, { kind: 'cut', afterBytes, left: times(options) });
+    },
+    emptyBlob: (digest, options) => {
+      blobFaults.set(digest, { kind: 'empty', left: times(options) });
     },
     corruptBlob: (digest, options) => {
       blobFaults.set(digest, { kind: 'corrupt', left: times(options) });
