@@ -22,10 +22,25 @@ export interface RunningMirror {
 
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
 
+function forgetMovedUpstreams(mirror: Mirror, config: MirrorConfig, logger: Logger): void {
+  for (const { name, was } of mirror.index.recordUpstreams(config.upstreams)) {
+    const url = config.upstreams.find((u) => u.name === name)!.url;
+    logger.warn({ upstream: name, url, was }, 'upstream NAME now points at another URL: ' +
+      'its tags and verified repositories are forgotten, blobs are confirmed again before use');
+  }
+}
+
 /** Starts `wharf serve`: opens the store, then listens. Resolves once it accepts requests. */
 export async function startMirror(config: MirrorConfig, logger: Logger): Promise<RunningMirror> {
   const metrics = new MirrorMetrics();
   const mirror = await Mirror.open(config, logger, metrics);
+  // Before the first request: nothing a NAME's old registry confirmed may be served for its new one.
+  try {
+    forgetMovedUpstreams(mirror, config, logger);
+  } catch (err) {
+    await mirror.close();
+    throw err;
+  }
   const router = new Router(config.upstreams);
   const pinner = new Pinner(mirror, router, mirror.index, logger);
   const server = createServer((req, res) => {
@@ -50,7 +65,6 @@ export async function startMirror(config: MirrorConfig, logger: Logger): Promise
 
   // Pins are fetched in the background: the mirror serves what it has meanwhile.
   try {
-    mirror.index.recordUpstreams(config.upstreams);
     pinner.syncConfigPins(config.cache.pins);
   } catch (err) {
     server.close();

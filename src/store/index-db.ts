@@ -69,12 +69,14 @@ CREATE TABLE IF NOT EXISTS pinned_blobs (
   PRIMARY KEY (image, digest)
 );
 CREATE INDEX IF NOT EXISTS pinned_blobs_digest ON pinned_blobs (digest);
--- The upstreams of the mirror that last started on this folder, without credentials: what
--- \`wharf cache pin\` checks an image against.
+-- Every upstream NAME a mirror on this folder has had, and its URL, without credentials. What
+-- the mirror verified is kept under the NAME: a NAME that now points elsewhere must forget it.
+-- \`active\` marks those of the mirror that started last, which \`wharf cache pin\` checks against.
 CREATE TABLE IF NOT EXISTS upstreams (
   name TEXT PRIMARY KEY,
   url TEXT NOT NULL,
-  is_default INTEGER NOT NULL
+  is_default INTEGER NOT NULL,
+  active INTEGER NOT NULL
 );
 `;
 
@@ -184,10 +186,16 @@ export class IndexDb {
       removePinnedBlobs: db.prepare('DELETE FROM pinned_blobs WHERE image = ?'),
       addPinnedBlob: db.prepare('INSERT OR IGNORE INTO pinned_blobs (image, digest) VALUES (?, ?)'),
       listPins: db.prepare<[], PinRow>('SELECT * FROM pins ORDER BY image'),
-      clearUpstreams: db.prepare('DELETE FROM upstreams'),
-      addUpstream: db.prepare('INSERT INTO upstreams (name, url, is_default) VALUES (?, ?, ?)'),
+      deactivateUpstreams: db.prepare('UPDATE upstreams SET active = 0'),
+      upstreamUrl: db.prepare<[string], { url: string }>('SELECT url FROM upstreams WHERE name = ?'),
+      putUpstream: db.prepare(
+        `INSERT INTO upstreams (name, url, is_default, active) VALUES (?, ?, ?, 1)
+         ON CONFLICT DO UPDATE SET url = excluded.url, is_default = excluded.is_default, active = 1`,
+      ),
+      forgetVerifiedRepos: db.prepare('DELETE FROM blob_repos WHERE upstream = ?'),
+      forgetTags: db.prepare('DELETE FROM tags WHERE upstream = ?'),
       upstreams: db.prepare<[], { name: string; url: string; is_default: number }>(
-        'SELECT * FROM upstreams ORDER BY name',
+        'SELECT * FROM upstreams WHERE active = 1 ORDER BY name',
       ),
       pinnedDigestsOf: db.prepare<[string], { digest: string }>(
         'SELECT digest FROM pinned_blobs WHERE image = ?',
@@ -354,11 +362,27 @@ export class IndexDb {
     return this.stmts.listPins.all();
   }
 
-  /** Records a starting mirror's upstreams in place of the last ones; credentials are left out. */
-  recordUpstreams(upstreams: readonly UpstreamConfig[]): void {
-    this.db.transaction(() => {
-      this.stmts.clearUpstreams.run();
-      for (const u of upstreams) this.stmts.addUpstream.run(u.name, u.url, u.default ? 1 : 0);
+  /**
+   * Records a starting mirror's upstreams, without credentials. A NAME that pointed at another
+   * URL before loses what was verified under it, tags and the repositories each blob was
+   * confirmed for: those were the other registry's answers. The blobs themselves stay, since
+   * their content is their digest, and serve again once the new URL confirms them. Returns the
+   * NAMEs that moved, with their old URLs.
+   */
+  recordUpstreams(upstreams: readonly UpstreamConfig[]): { name: string; was: string }[] {
+    return this.db.transaction(() => {
+      const moved: { name: string; was: string }[] = [];
+      this.stmts.deactivateUpstreams.run();
+      for (const u of upstreams) {
+        const was = this.stmts.upstreamUrl.get(u.name)?.url;
+        if (was !== undefined && was !== u.url) {
+          this.stmts.forgetVerifiedRepos.run(u.name);
+          this.stmts.forgetTags.run(u.name);
+          moved.push({ name: u.name, was });
+        }
+        this.stmts.putUpstream.run(u.name, u.url, u.default ? 1 : 0);
+      }
+      return moved;
     })();
   }
 
