@@ -42,6 +42,8 @@ export interface FaultyOrigin {
   slowBlob(digest: string, bytesPerSecond: number, options?: FaultOptions): void;
   /** Answers matching requests with `status` and an OCI error body, instead of forwarding. */
   failRequests(method: string, path: RegExp, status: number, options?: FaultOptions): void;
+  /** Takes matching requests and never answers them: the client's timeout is all it gets. */
+  hangRequests(method: string, path: RegExp, options?: FaultOptions): void;
   /** Removes every fault (or those for one blob digest). */
   clearFaults(digest?: string): void;
   /** Stops listening and drops open connections: clients get ECONNREFUSED. */
@@ -58,6 +60,9 @@ type BlobFault =
   | { kind: 'corrupt'; left: number }
   | { kind: 'empty'; left: number }
   | { kind: 'slow'; bytesPerSecond: number; left: number };
+
+/** The status of a request fault that never answers (0: nothing was sent, as in the log). */
+const HANG = 0;
 
 interface RequestFault {
   method: string;
@@ -93,6 +98,8 @@ export async function startFaultyOrigin(targetUrl: string): Promise<FaultyOrigin
     if (failure) {
       failure.left--;
       record.status = failure.status;
+      // Left open: the socket is dropped when the client gives up or the origin stops.
+      if (failure.status === HANG) return;
       const body = JSON.stringify({
         errors: [{ code: 'UNAVAILABLE', message: `injected ${failure.status}`, detail: null }],
       });
@@ -246,6 +253,9 @@ export async function startFaultyOrigin(targetUrl: string): Promise<FaultyOrigin
     },
     failRequests: (method, path, status, options) => {
       requestFaults.push({ method, path, status, left: times(options) });
+    },
+    hangRequests: (method, path, options) => {
+      requestFaults.push({ method, path, status: HANG, left: times(options) });
     },
     clearFaults: (digest) => {
       if (digest) return void blobFaults.delete(digest);
