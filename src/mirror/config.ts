@@ -218,17 +218,27 @@ export async function loadMirrorConfig(
     upstreams = PUBLIC_UPSTREAMS.map((u) => ({ ...u }));
   }
 
+  const inFile = (key: string) => `${src}: ${key}`;
   return {
-    listen: parseListen(flags.listen ?? file.listen ?? DEFAULTS.listen, flags.listen ? '--listen' : 'listen'),
+    listen: parseListen(
+      flags.listen ?? file.listen ?? DEFAULTS.listen,
+      flags.listen ? '--listen' : inFile('listen'),
+    ),
     data: resolve(flags.data ?? file.data ?? DEFAULTS.data),
-    tagTtlMs: parseDuration(file.tagTtl ?? DEFAULTS.tagTtl, 'tagTtl'),
-    upstreamTimeoutMs: parseDuration(file.upstreamTimeout ?? DEFAULTS.upstreamTimeout, 'upstreamTimeout'),
+    tagTtlMs: parseDuration(file.tagTtl ?? DEFAULTS.tagTtl, inFile('tagTtl')),
+    upstreamTimeoutMs: parseDuration(
+      file.upstreamTimeout ?? DEFAULTS.upstreamTimeout,
+      inFile('upstreamTimeout'),
+    ),
     upstreamBodyTimeoutMs: parseDuration(
       file.upstreamBodyTimeout ?? DEFAULTS.upstreamBodyTimeout,
-      'upstreamBodyTimeout',
+      inFile('upstreamBodyTimeout'),
     ),
     logLevel: flags.logLevel ?? file.logLevel ?? DEFAULTS.logLevel,
-    upstreams: finishUpstreams(upstreams, flags.upstream?.length ? '--upstream' : `${src}: upstreams`),
+    upstreams: finishUpstreams(
+      upstreams,
+      flags.upstream?.length ? '--upstream' : inFile('upstreams'),
+    ),
     cache: cacheConfig(flags, file, src),
   };
 }

@@ -1,0 +1,65 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { cleanupAll, makeTempDir } from './helpers/tmp.js';
+
+after(cleanupAll);
+
+const execFileP = promisify(execFile);
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `wharf ARGS` to its end. A `serve` that gets as far as listening would run on, so it
+ * is killed after a while: a refused start must exit long before that.
+ */
+async function wharf(args: string[], options: { uid?: number } = {}): Promise<Run> {
+  const ids = options.uid === undefined ? {} : { uid: options.uid, gid: options.uid };
+  try {
+    const argv = ['--import', 'tsx', MAIN, ...args];
+    const { stdout, stderr } = await execFileP(process.execPath, argv, { timeout: 20_000, ...ids });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number | null; stdout: string; stderr: string };
+    return { code: typeof e.code === 'number' ? e.code : null, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** `wharf serve` on a port of its own choosing, with the given extra arguments. */
+function serve(args: string[], options: { uid?: number } = {}): Promise<Run> {
+  return wharf(['serve', '--listen', '127.0.0.1:0', ...args], options);
+}
+
+async function configFile(text: string): Promise<string> {
+  const path = join(await makeTempDir('serve-config'), 'mirror.yaml');
+  await writeFile(path, text);
+  return path;
+}
+
+function assertConfigError(run: Run, message: RegExp): void {
+  assert.equal(run.code, 2, run.stderr);
+  assert.match(run.stderr, /\[WHARF_CONFIG_INVALID\]/);
+  assert.match(run.stderr, message);
+  assert.match(run.stderr, /^hint: /m);
+}
+
+describe('wharf serve refuses a bad start with a config error', () => {
+});
+
+describe('wharf serve names the option a bad value came from', () => {
+
+  test('a bad duration in the file names the file', async () => {
+    const path = await configFile('tagTtl: soon\n');
+    const run = await serve(['--config', path]);
+    assertConfigError(run, new RegExp(`${path}: tagTtl: invalid duration`));
+  });
+});
