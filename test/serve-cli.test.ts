@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import { loadMirrorConfig } from '../src/mirror/config.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 
 after(cleanupAll);
@@ -53,6 +54,29 @@ function assertConfigError(run: Run, message: RegExp): void {
 }
 
 describe('wharf serve refuses a bad start with a config error', () => {
+  test('an unknown log level is refused, naming the option and listing the levels', async () => {
+    const levels = /hint: use one of trace, debug, info, warn, error, fatal, silent/;
+    const flag = await serve(['--log-level', 'loud']);
+    assertConfigError(flag, /--log-level: unknown log level "loud"/);
+    assert.match(flag.stderr, levels);
+
+    const path = await configFile('logLevel: loud\n');
+    const file = await serve(['--config', path]);
+    assertConfigError(file, new RegExp(`${path}: logLevel: unknown log level "loud"`));
+    assert.match(file.stderr, levels);
+  });
+
+  test('the levels --help lists are the ones the flag and the file accept', async () => {
+    const help = await wharf(['serve', '--help']);
+    const line = /--log-level <level>\s+(.+)\(default/s.exec(help.stdout)?.[1] ?? '';
+    const listed = line.split(/[\s,]+/).filter(Boolean);
+    assert.deepEqual(listed, ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
+    for (const level of listed) {
+      assert.equal((await loadMirrorConfig({ logLevel: level })).logLevel, level);
+      const path = await configFile(`logLevel: ${level}\n`);
+      assert.equal((await loadMirrorConfig({ config: path })).logLevel, level);
+    }
+  });
 });
 
 describe('wharf serve names the option a bad value came from', () => {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { collect } from './options.js';
 import { createLogger } from '../log.js';
-import { DEFAULTS, loadMirrorConfig, type ServeFlags } from '../mirror/config.js';
+import { DEFAULTS, LOG_LEVELS, loadMirrorConfig, type ServeFlags } from '../mirror/config.js';
 import { startMirror } from '../mirror/server.js';
 
 
@@ -14,7 +14,7 @@ export function register(program: Command): void {
     .option('-d, --data <dir>', `data folder: blob store and index (default ${DEFAULTS.data})`)
     .option('-u, --upstream <[name=]url>', 'an upstream registry; repeat for several', collect)
     .option('--max-size <size>', 'cache budget, e.g. 200GB; least recently used blobs go first')
-    .option('--log-level <level>', `trace, debug, info, warn, error (default ${DEFAULTS.logLevel})`)
+    .option('--log-level <level>', `${LOG_LEVELS.join(', ')} (default ${DEFAULTS.logLevel})`)
     .addHelpText(
       'after',
       `

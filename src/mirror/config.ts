@@ -23,6 +23,11 @@ export const DEFAULTS = {
   diskCheckInterval: '30s',
 } as const;
 
+/** pino's levels, from the most verbose to `silent`, which turns logging off. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 /** With no upstream configured, the public registries, docker.io first and default. */
 export const PUBLIC_UPSTREAMS: UpstreamConfig[] = [
   { name: 'docker.io', url: 'https://registry-1.docker.io', default: true },
@@ -59,7 +64,7 @@ export interface MirrorConfig {
   tagTtlMs: number;
   upstreamTimeoutMs: number;
   upstreamBodyTimeoutMs: number;
-  logLevel: string;
+  logLevel: LogLevel;
   upstreams: UpstreamConfig[];
   cache: CacheConfig;
 }
@@ -82,7 +87,8 @@ const fileSchema = z.strictObject({
   tagTtl: duration.optional(),
   upstreamTimeout: duration.optional(),
   upstreamBodyTimeout: duration.optional(),
-  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).optional(),
+  // Checked with the flag's value by parseLogLevel, so both get the same error.
+  logLevel: z.string().optional(),
   upstreams: z.array(upstreamSchema).optional(),
   cache: z
     .strictObject({
@@ -179,6 +185,16 @@ function parseUpstreamFlag(value: string, env: NodeJS.ProcessEnv): UpstreamConfi
   return parseUpstream(entry, `--upstream ${shown}`, env);
 }
 
+/** pino throws a bare internal error for an unknown level; refused here, naming the option. */
+function parseLogLevel(value: string, option: string): LogLevel {
+  const level = LOG_LEVELS.find((l) => l === value);
+  if (level === undefined) {
+    throw invalid(option, `unknown log level ${JSON.stringify(value)}`,
+      `use one of ${LOG_LEVELS.join(', ')}`);
+  }
+  return level;
+}
+
 function finishUpstreams(upstreams: UpstreamConfig[], option: string): UpstreamConfig[] {
   const names = new Set<string>();
   for (const u of upstreams) {
@@ -234,7 +250,10 @@ export async function loadMirrorConfig(
       file.upstreamBodyTimeout ?? DEFAULTS.upstreamBodyTimeout,
       inFile('upstreamBodyTimeout'),
     ),
-    logLevel: flags.logLevel ?? file.logLevel ?? DEFAULTS.logLevel,
+    logLevel: parseLogLevel(
+      flags.logLevel ?? file.logLevel ?? DEFAULTS.logLevel,
+      flags.logLevel ? '--log-level' : inFile('logLevel'),
+    ),
     upstreams: finishUpstreams(
       upstreams,
       flags.upstream?.length ? '--upstream' : inFile('upstreams'),
