@@ -80,6 +80,17 @@ describe('wharf serve refuses a bad start with a config error', () => {
 });
 
 describe('wharf serve names the option a bad value came from', () => {
+  test('a data path that is a file is refused as not a folder', async () => {
+    const file = join(await makeTempDir('serve-data'), 'afile');
+    await writeFile(file, '');
+    const run = await serve(['--data', file]);
+    assertConfigError(run, new RegExp(`--data: ${file} is not a folder`));
+    assertConfigError(await serve(['--data', join(file, 'sub')]), /--data: .* is not a folder/);
+
+    const path = await configFile(`data: ${file}\n`);
+    const inFile = await serve(['--config', path]);
+    assertConfigError(inFile, new RegExp(`${path}: data: .* is not a folder`));
+  });
 
   test('a bad duration in the file names the file', async () => {
     const path = await configFile('tagTtl: soon\n');

@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { z } from 'zod';
 import { WharfError } from '../errors.js';
@@ -240,7 +241,10 @@ export async function loadMirrorConfig(
       flags.listen ?? file.listen ?? DEFAULTS.listen,
       flags.listen ? '--listen' : inFile('listen'),
     ),
-    data: resolve(flags.data ?? file.data ?? DEFAULTS.data),
+    data: await dataFolder(
+      flags.data ?? file.data ?? DEFAULTS.data,
+      flags.data ? '--data' : inFile('data'),
+    ),
     tagTtlMs: parseDuration(file.tagTtl ?? DEFAULTS.tagTtl, inFile('tagTtl')),
     upstreamTimeoutMs: parseDuration(
       file.upstreamTimeout ?? DEFAULTS.upstreamTimeout,
@@ -260,6 +264,28 @@ export async function loadMirrorConfig(
     ),
     cache: cacheConfig(flags, file, src),
   };
+}
+
+/**
+ * The data folder as an absolute path. A path that exists as something else (a file, or a
+ * file where a parent folder should be) is refused here, naming the option; a missing
+ * folder is fine: the mirror creates it.
+ */
+async function dataFolder(path: string, option: string): Promise<string> {
+  const full = resolve(path);
+  let isFolder = false;
+  try {
+    isFolder = (await stat(full)).isDirectory();
+  } catch (err) {
+    // ENOTDIR: a file stands where a parent folder should be. Anything else (missing, no
+    // permission) is for the mirror to create or report when it opens the store.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTDIR') return full;
+  }
+  if (!isFolder) {
+    throw invalid(option, `${full} is not a folder`,
+      'give the path of a folder (it is created if missing), not of a file');
+  }
+  return full;
 }
 
 function cacheConfig(flags: ServeFlags, file: MirrorFile, src: string): CacheConfig {
