@@ -92,6 +92,17 @@ describe('wharf serve names the option a bad value came from', () => {
     assertConfigError(inFile, new RegExp(`${path}: data: .* is not a folder`));
   });
 
+  test('an --upstream that is not a URL is named as the user gave it', async () => {
+    const run = await serve(['--upstream', 'notaurl']);
+    assertConfigError(run, /error: --upstream notaurl: not a URL \[/);
+  });
+
+  test('an --upstream NAME not allowed is named as the problem, with the rule', async () => {
+    const run = await serve(['--upstream', 'a/b=http://127.0.0.1:1']);
+    assertConfigError(run, /--upstream a\/b=http:\/\/127\.0\.0\.1:1: invalid upstream name "a\/b"/);
+    assert.match(run.stderr, /lowercase letters and digits, joined by single dots, dashes/);
+  });
+
   test('a bad duration in the file names the file', async () => {
     const path = await configFile('tagTtl: soon\n');
     const run = await serve(['--config', path]);

@@ -137,38 +137,36 @@ export function parseListen(value: string, option = 'listen'): { host: string; p
   return { host: m[1] ?? m[2]!, port };
 }
 
+/**
+ * Where an upstream entry came from, for its errors: a file entry names the key
+ * (`mirror.yaml: upstreams.0.url`), a flag names itself with the value as given.
+ */
+interface UpstreamSource {
+  at(key: string): string;
+  /** The value is part of what `at` names: a flag's. */
+  showsValue: boolean;
+}
+
+const NAME_RULE =
+  'a name is lowercase letters and digits, joined by single dots, dashes or underscores';
+
 function parseUpstream(
   entry: z.infer<typeof upstreamSchema>,
-  option: string,
+  source: UpstreamSource,
   env: NodeJS.ProcessEnv,
 ): UpstreamConfig {
-  let url: URL;
-  try {
-    url = new URL(entry.url);
-  } catch {
-    throw invalid(`${option}.url`, `not a URL: ${JSON.stringify(entry.url)}`, 'e.g. https://registry.example.io');
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-    throw invalid(`${option}.url`, `must be http or https, got ${url.protocol}`);
-  }
-  if (url.username || url.password) {
-    // Credentials in a URL end up in logs and errors; they have their own fields.
-    throw invalid(`${option}.url`, 'must not contain credentials', 'use username and password (or passwordEnv)');
-  }
-  if (url.pathname !== '/' || url.search || url.hash) {
-    throw invalid(`${option}.url`, 'must be the registry root, without a path', 'e.g. https://registry.example.io');
-  }
+  const url = parseUpstreamUrl(entry.url, source);
   const name = entry.name ?? defaultName(url);
   if (!/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(name)) {
-    throw invalid(`${option}.name`, `invalid upstream name ${JSON.stringify(name)}`,
-      'use lowercase letters, digits, dots, dashes and underscores');
+    const hint = entry.name === undefined
+      ? 'give the upstream a name of its own: NAME=URL on the flag, name: in the file'
+      : 'e.g. corp or registry.example.io';
+    const why = `invalid upstream name ${JSON.stringify(name)}: ${NAME_RULE}`;
+    throw invalid(source.at('name'), why, hint);
   }
-  const password = entry.passwordEnv ? env[entry.passwordEnv] : entry.password;
-  if (entry.passwordEnv && password === undefined) {
-    throw invalid(`${option}.passwordEnv`, `environment variable ${entry.passwordEnv} is not set`);
-  }
+  const password = upstreamPassword(entry, source, env);
   if ((entry.username === undefined) !== (password === undefined)) {
-    throw invalid(option, 'username and password go together');
+    throw invalid(source.at('username'), 'username and password go together');
   }
   const out: UpstreamConfig = { name, url: url.origin, default: entry.default ?? false };
   if (entry.username !== undefined && password !== undefined) {
@@ -177,13 +175,56 @@ function parseUpstream(
   return out;
 }
 
+function parseUpstreamUrl(value: string, source: UpstreamSource): URL {
+  const option = source.at('url');
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    const shown = source.showsValue ? '' : `: ${JSON.stringify(value)}`;
+    throw invalid(option, `not a URL${shown}`, 'e.g. https://registry.example.io');
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw invalid(option, `must be http or https, got ${url.protocol}`);
+  }
+  if (url.username || url.password) {
+    // Credentials in a URL end up in logs and errors; they have their own fields.
+    throw invalid(option, 'must not contain credentials',
+      'use username and password (or passwordEnv)');
+  }
+  if (url.pathname !== '/' || url.search || url.hash) {
+    throw invalid(option, 'must be the registry root, without a path',
+      'e.g. https://registry.example.io');
+  }
+  return url;
+}
+
+function upstreamPassword(
+  entry: z.infer<typeof upstreamSchema>,
+  source: UpstreamSource,
+  env: NodeJS.ProcessEnv,
+): string | undefined {
+  const password = entry.passwordEnv ? env[entry.passwordEnv] : entry.password;
+  if (entry.passwordEnv && password === undefined) {
+    throw invalid(source.at('passwordEnv'), `environment variable ${entry.passwordEnv} is not set`);
+  }
+  return password;
+}
+
 /** `--upstream [NAME=]URL` */
 function parseUpstreamFlag(value: string, env: NodeJS.ProcessEnv): UpstreamConfig {
-  const m = /^([a-z0-9._-]+)=(.+)$/.exec(value);
-  const entry = m ? { name: m[1], url: m[2]! } : { url: value };
+  // An `=` before any `://` ends the NAME; a URL's own `=` (in a query) comes after it.
+  const eq = value.indexOf('=');
+  const scheme = value.indexOf('://');
+  const named = eq > 0 && (scheme < 0 || eq < scheme);
+  const entry = named ? { name: value.slice(0, eq), url: value.slice(eq + 1) } : { url: value };
   // The flag's value is named in errors, so credentials wrongly put in it are blanked first.
-  const shown = value.replace(/\/\/[^/@]*@/, '//***@');
-  return parseUpstream(entry, `--upstream ${shown}`, env);
+  const shown = `--upstream ${value.replace(/\/\/[^/@]*@/, '//***@')}`;
+  return parseUpstream(entry, { at: () => shown, showsValue: true }, env);
+}
+
+function fileUpstream(src: string, i: number): UpstreamSource {
+  return { at: (key) => `${src}: upstreams.${i}.${key}`, showsValue: false };
 }
 
 /** pino throws a bare internal error for an unknown level; refused here, naming the option. */
@@ -230,7 +271,7 @@ export async function loadMirrorConfig(
   if (flags.upstream?.length) {
     upstreams = flags.upstream.map((u) => parseUpstreamFlag(u, env));
   } else if (file.upstreams?.length) {
-    upstreams = file.upstreams.map((u, i) => parseUpstream(u, `${src}: upstreams.${i}`, env));
+    upstreams = file.upstreams.map((u, i) => parseUpstream(u, fileUpstream(src, i), env));
   } else {
     upstreams = PUBLIC_UPSTREAMS.map((u) => ({ ...u }));
   }
