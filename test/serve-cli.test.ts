@@ -108,4 +108,19 @@ describe('wharf serve names the option a bad value came from', () => {
     const run = await serve(['--config', path]);
     assertConfigError(run, new RegExp(`${path}: tagTtl: invalid duration`));
   });
+
+  test('an upstream with both password and passwordEnv is told to use one of them', async () => {
+    const path = await configFile([
+      'upstreams:',
+      '  - url: https://registry.example.io',
+      '    username: ci',
+      '    password: s3cret-in-file',
+      '    passwordEnv: NOPE_ENV',
+      '',
+    ].join('\n'));
+    const run = await serve(['--config', path]);
+    assertConfigError(run, /upstreams\.0\.passwordEnv: password and passwordEnv are both set/);
+    assert.match(run.stderr, /hint: use one of them/);
+    assert.doesNotMatch(run.stderr, /s3cret-in-file/);
+  });
 });

@@ -204,8 +204,13 @@ function upstreamPassword(
   source: UpstreamSource,
   env: NodeJS.ProcessEnv,
 ): string | undefined {
-  const password = entry.passwordEnv ? env[entry.passwordEnv] : entry.password;
-  if (entry.passwordEnv && password === undefined) {
+  if (entry.password !== undefined && entry.passwordEnv !== undefined) {
+    throw invalid(source.at('passwordEnv'), 'password and passwordEnv are both set',
+      'use one of them: passwordEnv keeps the password out of the file');
+  }
+  if (entry.passwordEnv === undefined) return entry.password;
+  const password = env[entry.passwordEnv];
+  if (password === undefined) {
     throw invalid(source.at('passwordEnv'), `environment variable ${entry.passwordEnv} is not set`);
   }
   return password;
