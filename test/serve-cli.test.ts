@@ -1,17 +1,22 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import { silentLogger } from '../src/log.js';
 import { loadMirrorConfig } from '../src/mirror/config.js';
+import { BlobStore } from '../src/store/blob-store.js';
+import { openIndex } from '../src/store/recovery.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 
 after(cleanupAll);
 
 const execFileP = promisify(execFile);
 const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+/** `nobody`: a user that owns none of the files the tests make as root. */
+const NOBODY = 65534;
 
 interface Run {
   code: number | null;
@@ -44,6 +49,18 @@ async function configFile(text: string): Promise<string> {
   const path = join(await makeTempDir('serve-config'), 'mirror.yaml');
   await writeFile(path, text);
   return path;
+}
+
+/** A data folder a mirror has used, made by root as a first run would; readable by all. */
+async function usedDataFolder(): Promise<string> {
+  const dir = await makeTempDir('serve-data');
+  await chmod(dir, 0o755);
+  const data = join(dir, 'data');
+  await mkdir(data);
+  const index = await openIndex(data, silentLogger());
+  await new BlobStore(data).init();
+  index.close();
+  return data;
 }
 
 function assertConfigError(run: Run, message: RegExp): void {
@@ -122,5 +139,32 @@ describe('wharf serve names the option a bad value came from', () => {
     assertConfigError(run, /upstreams\.0\.passwordEnv: password and passwordEnv are both set/);
     assert.match(run.stderr, /hint: use one of them/);
     assert.doesNotMatch(run.stderr, /s3cret-in-file/);
+  });
+});
+
+describe('wharf serve on a data folder it cannot write', () => {
+  // The child runs as another user; only root can start it so.
+  const asNobody = { uid: NOBODY };
+
+  test('a used folder owned by another user is refused before listening', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test runs wharf as uid 65534, which needs root');
+    const data = await usedDataFolder();
+    const run = await serve(['--data', data], asNobody);
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, /\[WHARF_STATE_UNWRITABLE\]/);
+    assert.match(run.stderr, new RegExp(`hint: make ${data} and everything in it readable`));
+    assert.doesNotMatch(run.stderr, /mirror listening/);
+  });
+
+  test('a blob folder owned by another user is refused before listening', async () => {
+    assert.equal(process.getuid?.(), 0, 'this test runs wharf as uid 65534, which needs root');
+    const data = await usedDataFolder();
+    // The index is the user's, the blob folder is not: a partial chown.
+    for (const name of [data, join(data, 'index.db')]) await chown(name, NOBODY, NOBODY);
+    const run = await serve(['--data', data], asNobody);
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, new RegExp(`cannot write to ${join(data, 'blobs')}: EACCES`));
+    assert.match(run.stderr, /\[WHARF_STATE_UNWRITABLE\]/);
+    assert.doesNotMatch(run.stderr, /mirror listening/);
   });
 });

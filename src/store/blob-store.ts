@@ -1,5 +1,5 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { constants, createWriteStream, type WriteStream } from 'node:fs';
+import { access, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes, type Hash } from 'node:crypto';
 import { WharfError } from '../errors.js';
@@ -28,9 +28,20 @@ export class BlobStore {
     this.tmpDir = join(root, 'tmp');
   }
 
+  /**
+   * Creates the store's folders, and refuses ones this user cannot write: every blob is
+   * written to tmp/ and renamed into blobs/, so without them the mirror could only fail
+   * later, request by request.
+   */
   async init(): Promise<void> {
-    await mkdir(this.blobsDir, { recursive: true });
-    await mkdir(this.tmpDir, { recursive: true });
+    for (const dir of [this.blobsDir, this.tmpDir]) {
+      try {
+        await mkdir(dir, { recursive: true });
+        await access(dir, constants.W_OK);
+      } catch (err) {
+        throw unwritableFolder(dir, err);
+      }
+    }
   }
 
   /** The path of a blob; the digest is parsed first, so nothing else reaches the filesystem. */
@@ -210,6 +221,17 @@ export class BlobWriter {
       this.stream.end((err?: Error | null) => (err ? reject(err) : resolve()));
     });
   }
+}
+
+function unwritableFolder(dir: string, err: unknown): WharfError {
+  const errno = (err as NodeJS.ErrnoException).code;
+  const why = errno ?? (err instanceof Error ? err.message : String(err));
+  return new WharfError('WHARF_STATE_UNWRITABLE', `cannot write to ${dir}: ${why}`, {
+    cause: err,
+    hint: `make ${join(dir, '..')} and everything in it readable and writable by the user ` +
+      'wharf runs as, or point the mirror at another data folder',
+    detail: { dir, errno },
+  });
 }
 
 /** A verified blob the filesystem would not take; `cause` keeps the errno error. */

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -18,6 +18,12 @@ export interface OpenIndexOptions {
    * does, at its start; a `wharf cache` command beside a running mirror must never.
    */
   rebuild: boolean;
+  /**
+   * Refuse an index this process can only read. SQLite opens a file it may not write
+   * read-only without a word, so the mirror would start, listen, and fail at its first write.
+   * `wharf cache` commands that only read work on a store they cannot write.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -30,7 +36,7 @@ export interface OpenIndexOptions {
 export async function openIndex(
   dataDir: string,
   logger: Logger,
-  options: OpenIndexOptions = { rebuild: true },
+  options: OpenIndexOptions = { rebuild: true, writable: true },
 ): Promise<IndexDb> {
   const file = join(dataDir, INDEX_FILE);
   let problem: string;
@@ -38,7 +44,10 @@ export async function openIndex(
   try {
     index = new IndexDb(file);
     const problems = index.quickCheck();
-    if (problems.length === 0) return index;
+    if (problems.length === 0) {
+      if (options.writable) probeWrite(index);
+      return index;
+    }
     problem = problems.slice(0, 3).join('; ');
     index.close();
   } catch (err) {
@@ -62,6 +71,20 @@ export async function openIndex(
   return new IndexDb(file);
 }
 
+/**
+ * A write that changes nothing, rolled back: it fails with SQLITE_READONLY when the file,
+ * its WAL or its folder is not writable by this user.
+ */
+function probeWrite(index: IndexDb): void {
+  const version = index.db.pragma('user_version', { simple: true }) as number;
+  try {
+    index.db.exec(`BEGIN IMMEDIATE; PRAGMA user_version = ${version}; ROLLBACK`);
+  } catch (err) {
+    if (index.db.inTransaction) index.db.exec('ROLLBACK');
+    throw err;
+  }
+}
+
 /** SQLite's own verdicts on a damaged file; anything else says nothing about the file. */
 function isCorruption(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
@@ -77,7 +100,8 @@ function cannotOpen(file: string, err: unknown): WharfError {
   if (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED')) {
     hint = 'another process holds the index locked; try again, or look for a stuck wharf process';
   } else if (/^SQLITE_(CANTOPEN|PERM|READONLY|AUTH)/.test(code)) {
-    hint = `check that ${file} and its folder are readable and writable by this user`;
+    hint = `make ${dirname(file)} and everything in it readable and writable by the user ` +
+      'wharf runs as, or point the mirror at another data folder';
   }
   return new WharfError('WHARF_STATE_UNWRITABLE', `cannot open the index ${file}: ${why}`, {
     cause: err,
