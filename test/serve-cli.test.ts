@@ -168,3 +168,11 @@ describe('wharf serve on a data folder it cannot write', () => {
     assert.doesNotMatch(run.stderr, /mirror listening/);
   });
 });
+
+describe('wharf help', () => {
+  test('help with a command and its subcommand shows the subcommand', async () => {
+    const run = await wharf(['help', 'cache', 'ls']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^Usage: wharf cache ls /);
+  });
+});

@@ -21,12 +21,23 @@ const program = new Command()
   .showHelpAfterError()
   .exitOverride();
 
-const requested = process.argv[2];
+/**
+ * `wharf help cache ls` becomes `wharf cache help ls`: commander's help command reads one
+ * word, so it would show the help of `cache`. Each command's own help command takes the rest.
+ */
+function nestedHelp(argv: string[]): string[] {
+  const [node, script, first, ...words] = argv;
+  if (first !== 'help' || words.length < 2) return argv;
+  return [node!, script!, ...words.slice(0, -1), 'help', words.at(-1)!];
+}
+
+const argv = nestedHelp(process.argv);
+const requested = argv[2];
 const wanted = requested && requested in COMMANDS ? [requested] : Object.keys(COMMANDS);
 for (const name of wanted) (await COMMANDS[name]!()).register(program);
 
 try {
-  await program.parseAsync(process.argv);
+  await program.parseAsync(argv);
 } catch (err) {
   if (err instanceof CommanderError) {
     // Help and version are "errors" to commander; usage mistakes exit 2 as DESIGN.md says.
