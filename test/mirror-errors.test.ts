@@ -6,12 +6,8 @@ import { buildImage, type BuiltImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
-import { get, metric, startTestMirror } from './support/mirror.js';
+import { errorCode, get, metric, startTestMirror } from './support/mirror.js';
 import type { RunningMirror } from '../src/mirror/server.js';
-
-function errorCode(body: Buffer): string {
-  return (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
-}
 
 /** What clients are told when the origin says no, is slow to say anything, or is busy. */
 describe('the mirror passes the origin\'s answers on in the spec\'s terms, and counts them', () => {

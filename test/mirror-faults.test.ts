@@ -11,7 +11,7 @@ import { buildImage, type BuiltImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry, type Registry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir, registerCleanup } from './helpers/tmp.js';
-import { get, metric, startTestMirror } from './support/mirror.js';
+import { errorCode, get, metric, startTestMirror } from './support/mirror.js';
 import type { RunningMirror } from '../src/mirror/server.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -35,10 +35,6 @@ function rawGet(base: string, path: string): Promise<{ status: number; body: Buf
     req.on('error', reject);
     req.end();
   });
-}
-
-function errorCode(body: Buffer): string {
-  return (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
 }
 
 describe('the mirror under faults and bad input', () => {

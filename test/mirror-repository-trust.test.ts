@@ -8,13 +8,9 @@ import { buildImage } from './helpers/images.js';
 import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
-import { get, startTestMirror } from './support/mirror.js';
+import { errorCode, get, startTestMirror } from './support/mirror.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-function errorCode(body: Buffer): string {
-  return (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
-}
 
 /**
  * A blob or tag is served under a repository only as its upstream confirmed it for that

@@ -70,3 +70,8 @@ export async function metric(url: string, name: string, labels: Record<string, s
   }
   return sum;
 }
+
+/** The `code` of the first error in an OCI error body. */
+export function errorCode(body: Buffer): string {
+  return (JSON.parse(body.toString()) as { errors: { code: string }[] }).errors[0]!.code;
+}
