@@ -19,7 +19,7 @@ import { makeEnginePki, type EnginePki } from './helpers/tls.js';
 import { cleanupAll, freePort, makeTempDir, registerCleanup } from './helpers/tmp.js';
 import { runEnsure } from '../src/cli/ensure.js';
 import { withDockerConfig } from './support/auth.js';
-import { PassThrough } from 'node:stream';
+import { captureOutput } from './support/output.js';
 import { createServer } from 'node:http';
 
 describe('the engine client speaks the Docker Engine API', () => {
@@ -289,14 +289,12 @@ describe('an engine behind TLS is reached the way the docker CLI reaches it', ()
     const dir = await makeTempDir('engine-tls');
     const image = await buildImage(join(dir, 'img'), { layers: [200_000], tag: 'v1' });
     await pushLayout(registry.url, 'engine/tls', 'v1', image.dir);
-    const out = new PassThrough();
-    let printed = '';
-    out.on('data', (c: Buffer) => (printed += c.toString()));
+    const io = captureOutput();
     const env = { ...tlsEnv(pki.clientDir), DOCKER_CONFIG: dockerd.dockerConfig };
     const code = await runEnsure(`${registry.host}/engine/tls:v1`, { json: true },
-      { stdout: out, stderr: new PassThrough(), env });
-    assert.equal(code, 0, printed);
-    const result = JSON.parse(printed) as { digest: string; source: string };
+      { stdout: io.stdout, stderr: io.stderr, env });
+    assert.equal(code, 0, io.out);
+    const result = JSON.parse(io.out) as { digest: string; source: string };
     assert.equal(result.digest, image.digest);
     assert.equal(result.source, 'origin');
     // The image is in the engine the socket also reaches: the same daemon, spoken to over TLS.

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { Agent } from 'undici';
 import { ensureImage } from '../src/agent/ensure.js';
@@ -20,6 +19,7 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, freePort, makeTempDir } from './helpers/tmp.js';
 import { metric, startTestMirror } from './support/mirror.js';
+import { captureOutput } from './support/output.js';
 
 interface Outcome {
   code: number;
@@ -41,12 +41,9 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     flags: EnsureFlags,
     extraEnv: Record<string, string> = {},
   ): Promise<Outcome> {
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    const chunks = { out: '', err: '' };
-    stdout.on('data', (c: Buffer) => (chunks.out += c.toString()));
-    stderr.on('data', (c: Buffer) => (chunks.err += c.toString()));
+    const chunks = captureOutput();
     const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig, ...extraEnv };
+    const { stdout, stderr } = chunks;
     const code = await runEnsure(image, { json: true, ...flags }, { stdout, stderr, env });
     const json = chunks.out && flags.json !== false
       ? (JSON.parse(chunks.out) as Record<string, unknown>)
@@ -328,13 +325,8 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
     await pushLayout(registry.url, 'ci/progress', 'v1', image.dir);
     // About two seconds of download, so that a line every 300 ms sees it move.
     origin.slowBlob(image.layers[0]!.digest, 500_000);
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    let out = '';
-    let err = '';
-    stdout.on('data', (c: Buffer) => (out += c.toString()));
-    stderr.on('data', (c: Buffer) => (err += c.toString()));
-    const reporter = createReporter({ json: false, stdout, stderr, bars: false,
+    const io = captureOutput();
+    const reporter = createReporter({ json: false, stdout: io.stdout, stderr: io.stderr, bars: false,
       progressLineMs: 300 });
     const engine = new DockerEngine(parseEngineAddress(dockerd.host));
     const dispatcher = new Agent();
@@ -349,13 +341,13 @@ describe('wharf ensure makes an image present at the digest its tag names', () =
       await Promise.all([engine.close(), dispatcher.close()]);
     }
 
-    const progress = err.split('\n').filter((l) => / from origin$/.test(l));
-    assert.ok(progress.length >= 1, err);
+    const progress = io.err.split('\n').filter((l) => / from origin$/.test(l));
+    assert.ok(progress.length >= 1, io.err);
     for (const line of progress) {
       assert.match(line, /: [1-9][0-9.]* [KMG]?B( of [1-9][0-9.]* [KMG]?B)? from origin$/);
     }
     assert.ok(result.bytes >= image.layers[0]!.size);
-    assert.ok(out.includes(`(${formatBytes(result.bytes)})`), out);
+    assert.ok(io.out.includes(`(${formatBytes(result.bytes)})`), io.out);
   });
 
   test('bad usage exits 2 and names the flag', async () => {

@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { runEnsure } from '../src/cli/ensure.js';
 import { startDockerd, type Dockerd } from './helpers/dockerd.js';
@@ -9,6 +8,7 @@ import { pushLayout } from './helpers/push.js';
 import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 import { metric, startTestMirror } from './support/mirror.js';
+import { captureOutput } from './support/output.js';
 
 /**
  * `wharf ensure` and `wharf warm` name an image's registry in the mirror's path as its default
@@ -28,15 +28,13 @@ describe('ensure through a mirror whose upstream has a NAME of its own', () => {
     const image = await buildImage(join(await makeTempDir('named'), 'v1'), { layers: [200_000], tag: 'v1' });
     await pushLayout(origin.url, 'ci/named', 'v1', image.dir);
 
-    const stdout = new PassThrough();
-    let out = '';
-    stdout.on('data', (c: Buffer) => (out += c.toString()));
+    const io = captureOutput();
     const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig };
     const code = await runEnsure(`${origin.host}/ci/named:v1`, { json: true, mirror: mirror.url },
-      { stdout, stderr: new PassThrough(), env });
+      { stdout: io.stdout, stderr: io.stderr, env });
 
-    assert.equal(code, 0, out);
-    const json = JSON.parse(out) as { source: string; digest: string };
+    assert.equal(code, 0, io.out + io.err);
+    const json = JSON.parse(io.out) as { source: string; digest: string };
     assert.equal(json.source, 'mirror');
     assert.equal(json.digest, image.digest);
     const served = await metric(mirror.url, 'wharf_upstream_fetched_bytes_total', { upstream: 'corp' });

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { stringify } from 'yaml';
 import type { CycleReport } from '../src/agent/events.js';
@@ -13,6 +12,7 @@ import { startRegistry } from './helpers/registry.js';
 import { cleanupAll, makeTempDir } from './helpers/tmp.js';
 import { waitUntil } from './helpers/wait.js';
 import { startTestMirror } from './support/mirror.js';
+import { captureOutput } from './support/output.js';
 
 interface Run {
   code: Promise<number>;
@@ -31,20 +31,16 @@ describe('wharf warm keeps the listed images on the engine', () => {
   after(cleanupAll);
 
   function warm(flags: WarmCliFlags, images: string[] = []): Run {
-    const stdout = new PassThrough();
-    const stderr = new PassThrough();
-    let out = '';
-    let err = '';
-    stdout.on('data', (c: Buffer) => (out += c.toString()));
-    stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const io = captureOutput();
     const controller = new AbortController();
     const env = { DOCKER_HOST: dockerd.host, DOCKER_CONFIG: dockerd.dockerConfig };
+    const { stdout, stderr } = io;
     const code = runWarm(images, flags, { stdout, stderr, env, signal: controller.signal });
     return {
       code,
-      out: () => out,
-      err: () => err,
-      events: () => out.trim().split('\n').filter(Boolean)
+      out: () => io.out,
+      err: () => io.err,
+      events: () => io.out.trim().split('\n').filter(Boolean)
         .map((l) => JSON.parse(l) as Record<string, unknown>),
       stop: () => controller.abort(),
     };
