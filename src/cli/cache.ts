@@ -88,6 +88,8 @@ const when = (ms: number) => (ms ? new Date(ms).toISOString().replace(/\.\d+Z$/,
 const out = (text: string): void => {
   process.stdout.write(text);
 };
+/** What `--json` prints: the same value the table shows, indented. */
+const outJson = (value: unknown): void => out(JSON.stringify(value, null, 2) + '\n');
 
 function dataOptions(cmd: Command): Command {
   return cmd
@@ -104,7 +106,7 @@ export function register(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const tags = await withStore(flags, async (index) => listTags(index));
-      if (flags.json) return out(JSON.stringify(tags, null, 2) + '\n');
+      if (flags.json) return outJson(tags);
       out(formatTable(
         ['IMAGE', 'DIGEST', 'SIZE', 'LAST USE', 'PINNED'],
         tags.map((t) => [t.image, t.digest, formatBytes(t.size), when(t.lastUse), t.pinned ? 'yes' : '']),
@@ -118,7 +120,7 @@ export function register(program: Command): void {
         ...usage(index),
         freeDiskBytes: await freeDisk(store.root),
       }));
-      if (flags.json) return out(JSON.stringify(result, null, 2) + '\n');
+      if (flags.json) return outJson(result);
       out(`${formatBytes(result.totalBytes)} in ${result.blobs} blobs and ${result.manifests} manifests; ` +
         `${formatBytes(result.pinnedBytes)} pinned; ${formatBytes(result.freeDiskBytes)} free on disk\n`);
       out(formatTable(
@@ -164,7 +166,7 @@ export function register(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const pins = await withStore(flags, async (index) => listPins(index));
-      if (flags.json) return out(JSON.stringify(pins, null, 2) + '\n');
+      if (flags.json) return outJson(pins);
       out(formatTable(
         ['IMAGE', 'PLATFORMS', 'FROM', 'HOLDS'],
         pins.map((p) => [
@@ -178,7 +180,7 @@ export function register(program: Command): void {
     .option('--json', 'print JSON')
     .action(async (flags: DataFlags) => {
       const report = await withStore(flags, (index, store) => verifyAll(index, store));
-      if (flags.json) out(JSON.stringify(report, null, 2) + '\n');
+      if (flags.json) outJson(report);
       else {
         for (const c of report.corrupt) out(`corrupt: ${c.digest} moved to ${c.movedTo}\n`);
         for (const d of report.missing) out(`missing: ${d} (dropped from the index)\n`);
