@@ -8,7 +8,7 @@ import { freeDisk } from '../mirror/cache.js';
 import { DEFAULTS, readConfigFile, type UpstreamConfig } from '../mirror/config.js';
 import { pinPlatform } from '../mirror/pinner.js';
 import { Router } from '../mirror/routing.js';
-import { parseImageRef } from '../oci/reference.js';
+import { parseImageRef, parseNamedImageRef } from '../oci/reference.js';
 import { BlobStore } from '../store/blob-store.js';
 import { evict } from '../store/eviction.js';
 import type { IndexDb } from '../store/index-db.js';
@@ -61,11 +61,7 @@ function checkPinSyntax(image: string): void {
   } catch (err) {
     // Not a registry host: perhaps an upstream NAME (`127.0.0.1_5001`, `corp`).
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(first)) throw err;
-    try {
-      parseImageRef(`wharf.invalid/${image.slice(slash + 1)}`);
-    } catch {
-      throw err;
-    }
+    parseNamedImageRef(image, first);
   }
 }
 

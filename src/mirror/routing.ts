@@ -1,7 +1,7 @@
 import { WharfError } from '../errors.js';
 import { parseDigest } from '../oci/digest.js';
 import {
-  checkRepository, parseImageRef, parseManifestRef, type ImageRef, type ManifestRef,
+  checkRepository, parseImageRef, parseManifestRef, parseNamedImageRef, type ManifestRef,
 } from '../oci/reference.js';
 import { defaultName, type UpstreamConfig } from './config.js';
 
@@ -89,7 +89,7 @@ export class Router {
     // An upstream NAME written as the registry ("corp/ci/build:v1") wins over host parsing.
     const first = image.slice(0, Math.max(0, image.indexOf('/')));
     const named = this.byPathName.get(first);
-    const ref = named ? { ...parseNamedImage(image, first), registry: first } : parseImageRef(image);
+    const ref = named ? parseNamedImageRef(image, first) : parseImageRef(image);
     const upstream = named ?? this.byRegistry(ref.registry);
     if (!upstream) {
       throw new WharfError('WHARF_UPSTREAM_UNKNOWN', `registry ${ref.registry} of ${image} is not an upstream of this mirror`, {
@@ -138,19 +138,6 @@ export class Router {
       });
     }
     return { upstream: this.fallback, repo: path };
-  }
-}
-
-/** `NAME/repo[:tag][@digest]`: the part after the NAME, checked as an image on any registry. */
-function parseNamedImage(image: string, name: string): ImageRef {
-  const rest = image.slice(name.length + 1);
-  try {
-    return parseImageRef(`wharf.invalid/${rest}`);
-  } catch (err) {
-    if (!(err instanceof WharfError)) throw err;
-    // Its message would name the placeholder registry, not what the user wrote.
-    throw new WharfError(err.code, `invalid image reference ${JSON.stringify(image)}: ` +
-      err.message.slice(err.message.indexOf('": ') + 3), { hint: err.hint });
   }
 }
 

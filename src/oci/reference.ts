@@ -55,6 +55,18 @@ function looksLikeRegistry(component: string): boolean {
 }
 
 export function parseImageRef(input: string): ImageRef {
+  return parseRef(input, undefined);
+}
+
+/**
+ * An image named under a mirror's upstream NAME (`corp/ci/build:v1`, `127.0.0.1_5001/app`):
+ * `name`, its first component, is taken as the registry whatever its shape.
+ */
+export function parseNamedImageRef(input: string, name: string): ImageRef {
+  return parseRef(input, name);
+}
+
+function parseRef(input: string, name: string | undefined): ImageRef {
   const invalid = (why: string) =>
     new WharfError('WHARF_REFERENCE_INVALID', `invalid image reference ${JSON.stringify(input)}: ${why}`, {
       hint: 'write an image as [registry/]repository[:tag][@sha256:...], e.g. ' +
@@ -72,7 +84,11 @@ export function parseImageRef(input: string): ImageRef {
 
   let registry = DOCKER_HUB;
   const slash = rest.indexOf('/');
-  if (slash > 0 && looksLikeRegistry(rest.slice(0, slash))) {
+  if (name !== undefined) {
+    if (rest.slice(0, slash) !== name) throw invalid(`does not start with ${name}/`);
+    registry = name;
+    rest = rest.slice(slash + 1);
+  } else if (slash > 0 && looksLikeRegistry(rest.slice(0, slash))) {
     registry = rest.slice(0, slash);
     rest = rest.slice(slash + 1);
     if (!/^[a-zA-Z0-9.-]+(?::[0-9]+)?$/.test(registry)) throw invalid('bad registry host');
