@@ -23,8 +23,7 @@ export interface RunningMirror {
 const API_VERSION = { 'docker-distribution-api-version': 'registry/2.0' };
 
 function forgetMovedUpstreams(mirror: Mirror, config: MirrorConfig, logger: Logger): void {
-  for (const { name, was } of mirror.index.recordUpstreams(config.upstreams)) {
-    const url = config.upstreams.find((u) => u.name === name)!.url;
+  for (const { name, was, url } of mirror.index.recordUpstreams(config.upstreams)) {
     logger.warn({ upstream: name, url, was }, 'upstream NAME now points at another URL: ' +
       'its tags and verified repositories are forgotten, blobs are confirmed again before use');
   }

@@ -367,18 +367,18 @@ export class IndexDb {
    * URL before loses what was verified under it, tags and the repositories each blob was
    * confirmed for: those were the other registry's answers. The blobs themselves stay, since
    * their content is their digest, and serve again once the new URL confirms them. Returns the
-   * NAMEs that moved, with their old URLs.
+   * NAMEs that moved, with their old and new URLs.
    */
-  recordUpstreams(upstreams: readonly UpstreamConfig[]): { name: string; was: string }[] {
+  recordUpstreams(upstreams: readonly UpstreamConfig[]): { name: string; was: string; url: string }[] {
     return this.db.transaction(() => {
-      const moved: { name: string; was: string }[] = [];
+      const moved: { name: string; was: string; url: string }[] = [];
       this.stmts.deactivateUpstreams.run();
       for (const u of upstreams) {
         const was = this.stmts.upstreamUrl.get(u.name)?.url;
         if (was !== undefined && was !== u.url) {
           this.stmts.forgetVerifiedRepos.run(u.name);
           this.stmts.forgetTags.run(u.name);
-          moved.push({ name: u.name, was });
+          moved.push({ name: u.name, was, url: u.url });
         }
         this.stmts.putUpstream.run(u.name, u.url, u.default ? 1 : 0);
       }
