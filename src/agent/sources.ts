@@ -3,6 +3,7 @@ import { WharfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { DOCKER_HUB, type ImageRef } from '../oci/reference.js';
 import { RegistryClient } from '../upstream/client.js';
+import { redactUserinfo } from '../util/redact.js';
 
 /** Where an image can come from: the mirror, then its origin registry. */
 export interface Source {
@@ -71,7 +72,7 @@ export function parseMirrorUrl(text: string, option = '--mirror'): URL {
 
 /** The text of a URL with any `user:password@` taken out, fit for an error message. */
 function withoutCredentials(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/)?[^/@]*@/i, '$1');
+  return redactUserinfo(text, '');
 }
 
 export interface SourceOptions {

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { WharfError } from '../errors.js';
+import { redactUserinfo } from '../util/redact.js';
 
 /**
  * TLS to an engine on TCP, as the docker CLI sets it up from `DOCKER_TLS_VERIFY`,
@@ -31,22 +32,9 @@ export function defaultEngineAddress(platform: NodeJS.Platform = process.platfor
   return platform === 'win32' ? DEFAULT_NAMED_PIPE : DEFAULT_UNIX_SOCKET;
 }
 
-/**
- * The address as it may be quoted: what stands before the last `@` of its authority goes,
- * because DOCKER_HOST may carry `user:pass@` and error messages end up in CI logs. The last
- * `@`, since a password may hold `@` or `/`; a path (`unix:///...`) has no authority.
- */
-export function redactAddress(text: string): string {
-  const scheme = /^\s*[a-z][a-z0-9+.-]*:\/\//i.exec(text);
-  if (!scheme) return text.includes('@') ? `***@${text.slice(text.lastIndexOf('@') + 1)}` : text;
-  const rest = text.slice(scheme[0].length);
-  const at = rest.lastIndexOf('@');
-  if (rest.startsWith('/') || at < 0) return text;
-  return `${scheme[0]}***@${rest.slice(at + 1)}`;
-}
 
 function invalid(text: string, option: string, why: string): WharfError {
-  const quoted = JSON.stringify(redactAddress(text));
+  const quoted = JSON.stringify(redactUserinfo(text));
   return new WharfError('WHARF_BAD_USAGE', `${option}: ${why}: ${quoted}`, {
     hint: 'write the engine as unix:///var/run/docker.sock, npipe:////./pipe/docker_engine ' +
       'or tcp://HOST:PORT',
@@ -82,7 +70,7 @@ export function parseEngineAddress(text: string, option = '--engine'): EngineAdd
     return { kind: 'tcp', origin: url.origin, text: trimmed };
   }
   if (trimmed.startsWith('ssh://') || trimmed.startsWith('https://')) {
-    const what = `${option}: ${JSON.stringify(redactAddress(text))} is not supported`;
+    const what = `${option}: ${JSON.stringify(redactUserinfo(text))} is not supported`;
     throw new WharfError('WHARF_BAD_USAGE', what, {
       hint: 'wharf talks to the engine over its local socket, named pipe or tcp:// (with TLS ' +
         'from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH); run wharf on the engine\'s host',
