@@ -52,6 +52,17 @@ describe('configuration', () => {
       loadMirrorConfig({ upstream: ['https://user:pw@r.example.io'] }),
       (err: unknown) => isWharfError(err, 'WHARF_CONFIG_INVALID') && !err.message.includes('pw'),
     );
+    // Passwords holding `/`, `#` or `@` make a URL that does not parse: still never quoted.
+    for (const secret of ['pa/ss7q', 's3cr#t7q', 'p@ss7q']) {
+      for (const value of [`https://ci:${secret}@r.example.io`, `hub=https://ci:${secret}@r.example.io`]) {
+        await assert.rejects(loadMirrorConfig({ upstream: [value] }), (err: unknown) =>
+          isWharfError(err, 'WHARF_CONFIG_INVALID') && !err.message.includes('7q'), value);
+      }
+      const file = await configFile(`upstreams:\n  - url: "https://ci:${secret}@r.example.io"\n`);
+      await assert.rejects(loadMirrorConfig({ config: file }), (err: unknown) =>
+        isWharfError(err, 'WHARF_CONFIG_INVALID') && !err.message.includes('7q') &&
+        !String(err.hint).includes('7q'), secret);
+    }
     const ttl = await configFile('tagTtl: soon\n');
     await assert.rejects(loadMirrorConfig({ config: ttl }), rejectsWith('WHARF_CONFIG_INVALID', /tagTtl/));
     const size = await configFile('cache:\n  maxSize: lots\n');

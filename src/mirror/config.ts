@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 import { WharfError } from '../errors.js';
 import { parseDuration, parseSize } from '../util/units.js';
+import { redactUserinfo } from '../util/redact.js';
 import { readYamlFile, validateDocument } from '../util/yaml-file.js';
 
 /** Every default of the mirror, with its unit, in one place. */
@@ -181,7 +182,7 @@ function parseUpstreamUrl(value: string, source: UpstreamSource): URL {
   try {
     url = new URL(value);
   } catch {
-    const shown = source.showsValue ? '' : `: ${JSON.stringify(value)}`;
+    const shown = source.showsValue ? '' : `: ${JSON.stringify(redactUserinfo(value))}`;
     throw invalid(option, `not a URL${shown}`, 'e.g. https://registry.example.io');
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') {
@@ -224,7 +225,7 @@ function parseUpstreamFlag(value: string, env: NodeJS.ProcessEnv): UpstreamConfi
   const named = eq > 0 && (scheme < 0 || eq < scheme);
   const entry = named ? { name: value.slice(0, eq), url: value.slice(eq + 1) } : { url: value };
   // The flag's value is named in errors, so credentials wrongly put in it are blanked first.
-  const shown = `--upstream ${value.replace(/\/\/[^/@]*@/, '//***@')}`;
+  const shown = `--upstream ${redactUserinfo(value)}`;
   return parseUpstream(entry, { at: () => shown, showsValue: true }, env);
 }
 
